@@ -1,0 +1,186 @@
+"""Reading a checkpoint folder: config.json and memory-mapped safetensors (single file or shards).
+
+The safetensors header is parsed here rather than through the safetensors package so that every
+tensor is a zero-copy numpy view of the mapped file (bf16 included, which numpy lacks) and so that
+a truncated file is caught, with its name, before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GgtoolError
+
+# safetensors dtype -> numpy dtype of the stored bytes (BF16 is kept as raw uint16 bits)
+_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
+    "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
+}
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lives: file, dtype, shape and byte range inside the file's data section."""
+
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """Widen raw bfloat16 bits (uint16) to float32 exactly."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise GgtoolError(f"{path}: not a safetensors file (shorter than its 8-byte header length)",
+                              "re-download or re-save the checkpoint")
+        (n,) = struct.unpack("<Q", raw)
+        if n > size - 8 or n > 100 * 2**20:
+            raise GgtoolError(f"{path}: truncated or not a safetensors file (header of {n} bytes, file of {size})",
+                              "re-download or re-save the checkpoint")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise GgtoolError(f"{path}: safetensors header is not valid JSON ({e.msg if hasattr(e, 'msg') else e})",
+                              "re-download or re-save the checkpoint") from None
+    return header, 8 + n
+
+
+class SafetensorsFile:
+    """One memory-mapped safetensors file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        header, self.data_start = _read_header(path)
+        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        data_size = path.stat().st_size - self.data_start
+        self.entries: dict[str, TensorEntry] = {}
+        for name, info in header.items():
+            dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            if dtype not in _DTYPES:
+                raise GgtoolError(f"{path}: tensor {name} has unsupported dtype {dtype}")
+            expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize
+            if end - begin != expected:
+                raise GgtoolError(f"{path}: tensor {name} holds {end - begin} bytes but its shape {list(shape)} "
+                                  f"and dtype {dtype} need {expected}", "the file is corrupt; re-download it")
+            if end > data_size:
+                raise GgtoolError(f"{path}: truncated: tensor {name} ends at byte {end} of the data section, "
+                                  f"which has only {data_size}", "re-download or re-save the checkpoint")
+            self.entries[name] = TensorEntry(path, dtype, shape, begin, end)
+        self._map: np.memmap | None = None
+
+    def array(self, name: str) -> np.ndarray:
+        """A read-only zero-copy view of one tensor (BF16 as raw uint16 bits)."""
+        e = self.entries[name]
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        raw = self._map[self.data_start + e.begin: self.data_start + e.end]
+        return raw.view(_DTYPES[e.dtype]).reshape(e.shape)
+
+
+class Checkpoint:
+    """A local checkpoint folder: config.json plus safetensors weights."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise GgtoolError(f"{self.folder}: no such checkpoint folder",
+                              "pass the folder that holds config.json and the *.safetensors files")
+        config_path = self.folder / "config.json"
+        if not config_path.is_file():
+            raise GgtoolError(f"{config_path}: config.json not found",
+                              "a checkpoint folder needs config.json next to its *.safetensors files")
+        try:
+            self.config: dict = json.loads(config_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise GgtoolError(f"{config_path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        self.files = self._weight_files()
+        self.shards = [SafetensorsFile(p) for p in self.files]
+        self.entries: dict[str, tuple[SafetensorsFile, TensorEntry]] = {}
+        for shard in self.shards:
+            for name, entry in shard.entries.items():
+                self.entries[name] = (shard, entry)
+
+    def _weight_files(self) -> list[Path]:
+        index = self.folder / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+            files = sorted({self.folder / f for f in weight_map.values()})
+            missing = [f for f in files if not f.is_file()]
+            if missing:
+                raise GgtoolError(f"{missing[0]}: listed in {index.name} but missing",
+                                  "download every shard named in the index")
+            return files
+        files = sorted(self.folder.glob("*.safetensors"))
+        if files:
+            return files
+        pickles = sorted(p.name for p in self.folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+        if pickles:
+            raise GgtoolError(f"{self.folder}: only pickle checkpoints found ({', '.join(pickles[:3])}); "
+                              "ggtool reads safetensors only, because unpickling can run arbitrary code",
+                              "re-save with transformers' save_pretrained(safe_serialization=True)")
+        raise GgtoolError(f"{self.folder}: no *.safetensors files found", "pass a folder with the model weights")
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.entries)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The merged safetensors __metadata__ of all shards."""
+        merged: dict[str, str] = {}
+        for shard in self.shards:
+            merged.update(shard.metadata)
+        return merged
+
+    def entry(self, name: str) -> TensorEntry:
+        return self.entries[name][1]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.entries[name][1].shape
+
+    def raw(self, name: str) -> np.ndarray:
+        """The stored tensor as a zero-copy view (BF16 as raw uint16 bits)."""
+        shard, _ = self.entries[name]
+        return shard.array(name)
+
+    def read(self, name: str) -> np.ndarray:
+        """The tensor as float32 if it is floating point (bf16 widened), else as stored."""
+        shard, entry = self.entries[name]
+        arr = shard.array(name)
+        if entry.dtype == "BF16":
+            return bf16_to_f32(arr)
+        if arr.dtype in (np.float16, np.float64):
+            return arr.astype(np.float32)
+        return arr
+
+    def input_paths(self) -> list[Path]:
+        """Every file conversion reads (used to refuse writing over an input)."""
+        extra = [self.folder / n for n in ("config.json", "tokenizer.json", "tokenizer_config.json",
+                                           "model.safetensors.index.json", "tokenizer.model",
+                                           "chat_template.jinja", "generation_config.json")]
+        return list(self.files) + [p for p in extra if p.exists()]
+
+    def read_json(self, filename: str) -> dict | None:
+        """An optional JSON side file of the checkpoint (tokenizer_config.json, ...), or None."""
+        path = self.folder / filename
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise GgtoolError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None

@@ -1,0 +1,97 @@
+"""`ggtool convert`: checkpoint folder -> GGUF, with every check done before the first byte is written."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import gguf
+import numpy as np
+
+from .checkpoint import Checkpoint
+from .errors import GgtoolError
+from .families import detect
+from .families.base import Family, HParam, PlannedTensor, validate_plan
+from .gguf_out import FILE_TYPES, OUTTYPES, check_destination, nbytes, tensor_type, write_gguf
+
+_WRITERS = {"u32": "add_uint32", "i32": "add_int32", "f32": "add_float32", "bool": "add_bool", "str": "add_string",
+            "arr": "add_array"}
+
+
+@dataclass
+class ConvertResult:
+    """What a conversion wrote."""
+
+    dest: Path
+    family: str
+    arch: str
+    outtype: str
+    n_tensors: int
+    n_bytes: int
+    n_params: int
+    seconds: float
+
+
+def parameter_counts(plan: list[PlannedTensor]) -> tuple[int, int, int, int]:
+    """(total, shared, per-expert, expert count) as gguf-py's size_label expects them."""
+    total = shared = expert = count = 0
+    for t in plan:
+        size = int(np.prod(t.shape, dtype=np.int64))
+        total += size
+        if "_exps." in t.name and len(t.shape) >= 3:
+            expert += size // t.shape[0]
+            count = t.shape[0]
+        else:
+            shared += size
+    return total, shared, expert, count
+
+
+def add_hparams(w: gguf.GGUFWriter, arch: str, hparams: list[HParam]) -> None:
+    """Write family hyperparameters: relative keys go under `{arch}.`."""
+    for hp in hparams:
+        key = hp.key if hp.key.split(".")[0] in ("general", "tokenizer") else f"{arch}.{hp.key}"
+        getattr(w, _WRITERS[hp.kind])(key, hp.value)
+
+
+def prepare(src: Path) -> tuple[Checkpoint, Family, list[PlannedTensor]]:
+    """Open, detect, check and plan: everything that can fail on bad input, with no output yet."""
+    ckpt = Checkpoint(src)
+    family = detect(ckpt)
+    family.check(ckpt)
+    plan = family.plan(ckpt)
+    validate_plan(ckpt, plan, family.ignored_tensors)
+    return ckpt, family, plan
+
+
+def convert(src: Path, dest: Path, outtype: str = "f16",
+            progress: Callable[[str, int], None] | None = None) -> ConvertResult:
+    """Convert the checkpoint folder `src` to a GGUF file at `dest`."""
+    t0 = time.perf_counter()
+    if outtype not in OUTTYPES:
+        raise GgtoolError(f"unknown --outtype {outtype}", f"choose one of {', '.join(OUTTYPES)}")
+    src, dest = Path(src), Path(dest)
+    ckpt, family, plan = prepare(src)
+    vocab = family.vocab(ckpt)
+    check_destination(dest, ckpt.input_paths())
+    qtype = OUTTYPES[outtype]
+    total, shared, expert, count = parameter_counts(plan)
+
+    def add_metadata(w: gguf.GGUFWriter) -> None:
+        w.add_type(gguf.GGUFType.MODEL)
+        meta = gguf.Metadata.load(None, src, None, total)
+        if meta.name is None:
+            meta.name = src.resolve().name
+        if meta.size_label is None:
+            meta.size_label = gguf.size_label(total, shared, expert, count)
+        meta.set_gguf_meta_model(w)
+        add_hparams(w, family.arch, family.hparams(ckpt))
+        w.add_file_type(FILE_TYPES[qtype])
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        vocab.write(w)
+
+    write_gguf(dest, family.arch, add_metadata, plan, ckpt, qtype, progress)
+    n_bytes = sum(nbytes(t.shape, tensor_type(t, qtype)) for t in plan)
+    return ConvertResult(dest, family.name, family.arch, outtype, len(plan), n_bytes, total,
+                         time.perf_counter() - t0)

@@ -1,0 +1,26 @@
+"""The registry of source families and detection from config.json and tensor names."""
+
+from __future__ import annotations
+
+from ..checkpoint import Checkpoint
+from ..errors import GgtoolError
+from .base import Family
+from .olmoe import Olmoe
+
+FAMILIES: list[Family] = [Olmoe()]
+
+
+def detect(ckpt: Checkpoint) -> Family:
+    """The family whose detector accepts this checkpoint, or a clear refusal listing the supported ones."""
+    for family in FAMILIES:
+        if family.detect(ckpt):
+            return family
+    arch = ckpt.config.get("architectures") or ckpt.config.get("model_type") or "nothing"
+    supported = ", ".join(f.title for f in FAMILIES)
+    raise GgtoolError(f"{ckpt.folder / 'config.json'} names {arch}, which ggtool does not convert",
+                      f"supported families: {supported}")
+
+
+def by_arch(arch: str) -> Family | None:
+    """The family that writes GGUF architecture `arch` (for verify and inspect)."""
+    return next((f for f in FAMILIES if f.arch == arch), None)

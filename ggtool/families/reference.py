@@ -1,0 +1,25 @@
+"""Independent reference forward passes used by `ggtool verify`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import GgtoolError
+
+
+def transformers_logits(folder: Path, ids: list[int], class_name: str) -> np.ndarray:
+    """Logits [n_tokens, n_vocab] from transformers' own model class, in float32, no remote code."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise GgtoolError("verify needs transformers and torch for this family",
+                          "pip install 'ggtool[test]' (torch==2.13.0 installs the CPU build)") from None
+    cls = getattr(transformers, class_name)
+    model = cls.from_pretrained(str(folder), dtype=torch.float32, trust_remote_code=False)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.tensor([ids], dtype=torch.long), use_cache=False)
+    return out.logits[0].float().numpy()

@@ -1,0 +1,103 @@
+"""Streaming, atomic GGUF writing on top of gguf-py.
+
+The header, metadata and tensor infos are written first from the plan (shapes and types are known
+without reading any weights); then each tensor is written part by part, so peak memory is one part
+(one expert matrix, say), not one stacked tensor and never the model. Everything goes to a
+temporary file beside the destination that is renamed only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+import gguf
+import numpy as np
+
+from .checkpoint import Checkpoint
+from .errors import GgtoolError
+from .families.base import PlannedTensor
+
+Q = gguf.GGMLQuantizationType
+OUTTYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0}
+FILE_TYPES = {Q.F32: gguf.LlamaFileType.ALL_F32, Q.F16: gguf.LlamaFileType.MOSTLY_F16,
+              Q.BF16: gguf.LlamaFileType.MOSTLY_BF16, Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}
+
+
+def tensor_type(t: PlannedTensor, outtype: Q) -> Q:
+    """The stored type of one tensor: norms, 1-D tensors and routers stay F32, as llama.cpp's converter keeps them."""
+    if t.force_type == "F32" or len(t.shape) <= 1 or t.name.endswith("_norm.weight"):
+        return Q.F32
+    block, _ = gguf.GGML_QUANT_SIZES[outtype]
+    if t.shape[-1] % block:
+        return Q.F16  # a row that does not fill whole blocks cannot be block-quantized
+    return outtype
+
+
+def nbytes(shape: tuple[int, ...], qtype: Q) -> int:
+    """Bytes of a tensor of numpy-order `shape` stored as `qtype`."""
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    return rows * (shape[-1] // block) * size
+
+
+def encode(arr: np.ndarray, qtype: Q) -> np.ndarray:
+    """The stored bytes of a float array in `qtype` (gguf-py's reference encoders)."""
+    return gguf.quants.quantize(np.ascontiguousarray(arr, dtype=np.float32), qtype)
+
+
+@contextlib.contextmanager
+def atomic_output(dest: Path) -> Iterator[Path]:
+    """A temporary path beside `dest`, renamed to `dest` only if the block completes."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def check_destination(dest: Path, inputs: list[Path]) -> None:
+    """Refuse an output whose folder is missing or which would overwrite one of the inputs."""
+    if not dest.parent.is_dir():
+        raise GgtoolError(f"{dest.parent}: output folder does not exist", "create it first or choose another -o")
+    if dest.is_dir():
+        raise GgtoolError(f"{dest}: is a folder", "pass a file name such as model-f16.gguf")
+    for p in inputs:
+        if p.exists() and (dest.resolve() == p.resolve() or (dest.exists() and os.path.samefile(dest, p))):
+            raise GgtoolError(f"{dest}: is one of the conversion's inputs", "choose an output path outside the inputs")
+
+
+def write_gguf(dest: Path, arch: str, add_metadata: Callable[[gguf.GGUFWriter], None], plan: list[PlannedTensor],
+               ckpt: Checkpoint, outtype: Q, progress: Callable[[str, int], None] | None = None) -> None:
+    """Write `plan` streamed from `ckpt` as a GGUF at `dest`, atomically."""
+    types = [tensor_type(t, outtype) for t in plan]
+    with atomic_output(dest) as tmp:
+        w = gguf.GGUFWriter(tmp, arch=arch)
+        add_metadata(w)
+        for t, q in zip(plan, types):
+            w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), nbytes(t.shape, q), raw_dtype=q)
+        w.write_header_to_file(tmp)
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        fout = w.fout[0]
+        for t, q in zip(plan, types):
+            w.write_padding(fout, fout.tell())
+            written = 0
+            for part in t.parts:
+                data = encode(part.load(ckpt), q)
+                data.tofile(fout)
+                written += data.nbytes
+            expected = nbytes(t.shape, q)
+            if written != expected:
+                raise GgtoolError(f"{t.name}: wrote {written} bytes, expected {expected}",
+                                  "the checkpoint's tensors do not have the shapes its config.json implies")
+            w.write_padding(fout, written)
+            if progress:
+                progress(t.name, written)
+        fout.flush()
+        os.fsync(fout.fileno())
+        w.close()

@@ -1,0 +1,188 @@
+"""Loading a GGUF in llama.cpp through llama-cpp-python's C API: tokenize, logits, greedy generation.
+
+This package is the only place that imports llama_cpp. llama.cpp's own log lines are captured
+instead of printed, so a failed load can be reported in one line with llama.cpp's reason.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp.llama_cpp as L
+import numpy as np
+
+from ..errors import GgtoolError
+
+GGML_TYPE_IDS = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2, "bf16": 30}
+
+_LOG: deque[str] = deque(maxlen=400)
+
+
+@L.llama_log_callback
+def _capture_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    _LOG.append(text.decode("utf-8", errors="replace"))
+
+
+L.llama_log_set(_capture_log, ctypes.c_void_p())
+L.llama_backend_init()
+
+
+def log_lines() -> list[str]:
+    """The llama.cpp log captured so far (most recent last), joined into lines."""
+    return "".join(_LOG).splitlines()
+
+
+def _last_error() -> str:
+    lines = [ln.strip() for ln in log_lines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()]
+    return (errors or lines or ["no log output"])[-1]
+
+
+@dataclass
+class ContextOptions:
+    """The llama_context_params ggtool sets; everything else keeps llama.cpp's defaults."""
+
+    n_ctx: int = 512
+    n_batch: int = 512
+    type_k: str = "f16"
+    type_v: str = "f16"
+    n_threads: int = 0  # 0: every core
+    flash_attn: bool = False  # llama.cpp's CPU flash attention rounds Q to f16: off for exact comparisons
+
+
+class LlamaModel:
+    """A GGUF loaded by llama.cpp (CPU unless n_gpu_layers says otherwise)."""
+
+    def __init__(self, path: Path | str, n_gpu_layers: int = 0, vocab_only: bool = False):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise GgtoolError(f"{self.path}: no such file")
+        params = L.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.vocab_only = vocab_only
+        _LOG.clear()
+        self._model = L.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self._model:
+            raise GgtoolError(f"{self.path}: llama.cpp could not load it: {_last_error()}")
+        self._vocab = L.llama_model_get_vocab(self._model)
+        self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
+
+    def close(self) -> None:
+        if getattr(self, "_model", None):
+            L.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> "LlamaModel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    # -- vocabulary ---------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = False, parse_special: bool = False) -> list[int]:
+        """llama.cpp's token ids for `text`."""
+        data = text.encode("utf-8")
+        cap = len(data) + 16
+        buf = (L.llama_token * cap)()
+        n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (L.llama_token * cap)()
+            n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes one token stands for."""
+        buf = ctypes.create_string_buffer(64)
+        n = L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(L.llama_vocab_is_eog(self._vocab, token))
+
+    def meta(self, key: str) -> str | None:
+        """A GGUF metadata value as llama.cpp read it, as a string."""
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = L.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return None if n < 0 else buf.value.decode("utf-8", errors="replace")
+
+    # -- evaluation ---------------------------------------------------------------------------------
+    def _context(self, opts: ContextOptions):
+        cp = L.llama_context_default_params()
+        cp.n_ctx = opts.n_ctx
+        cp.n_batch = cp.n_ubatch = min(opts.n_batch, opts.n_ctx)
+        cp.type_k = GGML_TYPE_IDS[opts.type_k]
+        cp.type_v = GGML_TYPE_IDS[opts.type_v]
+        cp.n_threads = cp.n_threads_batch = opts.n_threads or os.cpu_count() or 1
+        cp.no_perf = True
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if opts.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        ctx = L.llama_init_from_model(self._model, cp)
+        if not ctx:
+            raise GgtoolError(f"{self.path}: llama.cpp could not create a context: {_last_error()}")
+        return ctx
+
+    @staticmethod
+    def _decode(ctx, tokens: list[int], start: int, all_logits: bool) -> None:
+        batch = L.llama_batch_init(len(tokens), 0, 1)
+        try:
+            for i, tok in enumerate(tokens):
+                batch.token[i] = tok
+                batch.pos[i] = start + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = all_logits or i == len(tokens) - 1
+            batch.n_tokens = len(tokens)
+            rc = L.llama_decode(ctx, batch)
+            if rc != 0:
+                raise GgtoolError(f"llama_decode failed with code {rc}: {_last_error()}")
+        finally:
+            L.llama_batch_free(batch)
+
+    def logits(self, ids: list[int], opts: ContextOptions | None = None) -> np.ndarray:
+        """Logits [n_tokens, n_vocab] for every position of `ids`, one causal sequence."""
+        opts = opts or ContextOptions(n_ctx=max(256, len(ids)))
+        ctx = self._context(opts)
+        try:
+            out = np.empty((len(ids), self.n_vocab), dtype=np.float32)
+            step = min(opts.n_batch, opts.n_ctx)
+            for start in range(0, len(ids), step):
+                chunk = ids[start:start + step]
+                self._decode(ctx, chunk, start, all_logits=True)
+                ptr = L.llama_get_logits(ctx)
+                out[start:start + len(chunk)] = np.ctypeslib.as_array(ptr, shape=(len(chunk), self.n_vocab))
+            return out
+        finally:
+            L.llama_free(ctx)
+
+    def generate(self, ids: list[int], max_tokens: int, opts: ContextOptions | None = None) -> list[int]:
+        """Greedy continuation of `ids` by llama.cpp's sampler, stopping at end-of-generation."""
+        opts = opts or ContextOptions(n_ctx=max(256, len(ids) + max_tokens))
+        ctx = self._context(opts)
+        sampler = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        L.llama_sampler_chain_add(sampler, L.llama_sampler_init_greedy())
+        try:
+            self._decode(ctx, ids, 0, all_logits=False)
+            out: list[int] = []
+            for _ in range(max_tokens):
+                tok = L.llama_sampler_sample(sampler, ctx, -1)
+                if self.is_eog(tok):
+                    break
+                out.append(tok)
+                self._decode(ctx, [tok], len(ids) + len(out) - 1, all_logits=False)
+            return out
+        finally:
+            L.llama_sampler_free(sampler)
+            L.llama_free(ctx)

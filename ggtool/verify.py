@@ -1,0 +1,111 @@
+"""`ggtool verify`: the same token ids through the family's reference model and through llama.cpp."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from .checkpoint import Checkpoint
+from .errors import GgtoolError
+from .families import detect
+from .llama.model import ContextOptions, LlamaModel
+
+SAMPLE_TEXT = (
+    "The quick brown fox jumps over the lazy dog. In 1969, 384,400 km away, the first words were spoken "
+    "on the Moon.\ndef fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n"
+    "    return a\n\nMixture-of-Experts models route every token to a few experts; Größe, naïve, café.\n"
+)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What a file of one type must meet against the reference."""
+
+    max_rel_diff: float | None  # max |Δlogit| / max |logit|
+    min_top1: float
+    max_mean_kl: float
+    kv_type: str  # the KV cache type used for the comparison
+
+
+# By general.file_type. f32 is compared with an f32 KV cache (llama.cpp's default f16 cache alone adds ~1e-3).
+TOLERANCES = {
+    gguf.LlamaFileType.ALL_F32: Tolerance(1e-4, 1.0, 1e-6, "f32"),
+    gguf.LlamaFileType.MOSTLY_F16: Tolerance(None, 0.99, 1e-3, "f16"),
+    gguf.LlamaFileType.MOSTLY_BF16: Tolerance(None, 0.98, 5e-3, "f16"),
+    gguf.LlamaFileType.MOSTLY_Q8_0: Tolerance(None, 0.95, 1e-2, "f16"),
+}
+
+
+@dataclass
+class VerifyResult:
+    """How llama.cpp's logits on the GGUF compare with the reference implementation's."""
+
+    n_tokens: int
+    max_abs_diff: float
+    max_abs_logit: float
+    top1_agreement: float
+    mean_kl: float
+    file_type: str
+    tolerance: Tolerance
+
+    @property
+    def rel_diff(self) -> float:
+        return self.max_abs_diff / max(self.max_abs_logit, 1e-30)
+
+    @property
+    def passed(self) -> bool:
+        t = self.tolerance
+        return ((t.max_rel_diff is None or self.rel_diff <= t.max_rel_diff)
+                and self.top1_agreement >= t.min_top1 and self.mean_kl <= t.max_mean_kl)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def mean_kl(ref_logits: np.ndarray, test_logits: np.ndarray) -> float:
+    """Mean over positions of KL(reference || test)."""
+    lp, lq = log_softmax(ref_logits), log_softmax(test_logits)
+    return float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
+
+
+def file_type_of(path: Path) -> gguf.LlamaFileType:
+    field = gguf.GGUFReader(path).get_field(gguf.Keys.General.FILE_TYPE)
+    if field is None:
+        raise GgtoolError(f"{path}: has no general.file_type", "was it written by a GGUF converter?")
+    return gguf.LlamaFileType(int(field.contents()))
+
+
+def sample_ids(model: LlamaModel, n_tokens: int) -> list[int]:
+    """`n_tokens` ids of a fixed mixed text, tokenized by the GGUF's own tokenizer."""
+    ids: list[int] = []
+    while len(ids) < n_tokens:
+        ids += model.tokenize(SAMPLE_TEXT)
+    return ids[:n_tokens]
+
+
+def verify(src: Path, gguf_path: Path, n_tokens: int = 64) -> VerifyResult:
+    """Compare llama.cpp on `gguf_path` with the source family's reference model on the same ids."""
+    ckpt = Checkpoint(Path(src))
+    family = detect(ckpt)
+    ftype = file_type_of(Path(gguf_path))
+    if ftype not in TOLERANCES:
+        raise GgtoolError(f"{gguf_path}: file type {ftype.name} is not a conversion output",
+                          "verify compares f32/f16/bf16/q8_0 conversions; use `ggtool eval` for quantized files")
+    tol = TOLERANCES[ftype]
+    with LlamaModel(gguf_path) as model:
+        ids = sample_ids(model, n_tokens)
+        got = model.logits(ids, ContextOptions(n_ctx=max(256, n_tokens), type_k=tol.kv_type, type_v=tol.kv_type))
+    ref = family.reference_logits(Path(src), ids)
+    if ref.shape != got.shape:
+        raise GgtoolError(f"reference logits have shape {ref.shape} but llama.cpp's have {got.shape}",
+                          "the GGUF's vocabulary size differs from the checkpoint's")
+    return VerifyResult(n_tokens=len(ids), max_abs_diff=float(np.abs(got - ref).max()),
+                        max_abs_logit=float(np.abs(ref).max()),
+                        top1_agreement=float((got.argmax(-1) == ref.argmax(-1)).mean()),
+                        mean_kl=mean_kl(ref, got), file_type=ftype.name, tolerance=tol)
