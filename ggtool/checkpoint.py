@@ -8,6 +8,7 @@ a truncated file is caught, with its name, before anything is written.
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,15 +82,25 @@ class SafetensorsFile:
                 raise GgtoolError(f"{path}: truncated: tensor {name} ends at byte {end} of the data section, "
                                   f"which has only {data_size}", "re-download or re-save the checkpoint")
             self.entries[name] = TensorEntry(path, dtype, shape, begin, end)
-        self._map: np.memmap | None = None
+        self._map: mmap.mmap | None = None
 
     def array(self, name: str) -> np.ndarray:
         """A read-only zero-copy view of one tensor (BF16 as raw uint16 bits)."""
         e = self.entries[name]
         if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
-        raw = self._map[self.data_start + e.begin: self.data_start + e.end]
-        return raw.view(_DTYPES[e.dtype]).reshape(e.shape)
+            with open(self.path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        dtype = np.dtype(_DTYPES[e.dtype])
+        count = (e.end - e.begin) // dtype.itemsize
+        return np.frombuffer(self._map, dtype=dtype, count=count, offset=self.data_start + e.begin).reshape(e.shape)
+
+    def release(self, name: str) -> None:
+        """Drop the mapped pages of one tensor from this process's memory (they stay in the page cache)."""
+        if self._map is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        e = self.entries[name]
+        start = (self.data_start + e.begin) // mmap.PAGESIZE * mmap.PAGESIZE
+        self._map.madvise(mmap.MADV_DONTNEED, start, self.data_start + e.end - start)
 
 
 class Checkpoint:
@@ -157,6 +168,11 @@ class Checkpoint:
         """The stored tensor as a zero-copy view (BF16 as raw uint16 bits)."""
         shard, _ = self.entries[name]
         return shard.array(name)
+
+    def release(self, name: str) -> None:
+        """Let go of a tensor's pages once it has been written, so resident memory stays bounded."""
+        shard, _ = self.entries[name]
+        shard.release(name)
 
     def read(self, name: str) -> np.ndarray:
         """The tensor as float32 if it is floating point (bf16 widened), else as stored."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -31,7 +31,9 @@ def human(n: float) -> str:
 @app.command()
 def convert(src: Path = typer.Argument(..., help="checkpoint folder (config.json + *.safetensors)"),
             output: Path = typer.Option(..., "-o", "--output", help="GGUF file to write"),
-            outtype: str = typer.Option("f16", "--outtype", help="f32 | f16 | bf16 | q8_0")) -> None:
+            outtype: str = typer.Option("f16", "--outtype", help="f32 | f16 | bf16 | q8_0"),
+            lossless: bool = typer.Option(False, "--lossless", help="packed 1-/4-bit weights (SSMoELM) kept exact as "
+                                          "TQ1_0/Q4_0 blocks, the rest f32; overrides --outtype")) -> None:
     """Convert a checkpoint folder to GGUF (metadata, tokenizer and chat template included)."""
     from .convert import convert as run_convert
 
@@ -42,7 +44,7 @@ def convert(src: Path = typer.Argument(..., help="checkpoint folder (config.json
         def progress(name: str, n: int) -> None:
             bar.update(task, advance=n, description=name)
 
-        result = run_convert(src, output, outtype, progress)
+        result = run_convert(src, output, outtype, progress, lossless=lossless)
     out.print(f"[green]wrote[/] {result.dest}  ({result.family} → arch {result.arch}, {result.outtype}, "
               f"{result.n_tensors} tensors, {human(result.n_bytes)}, {result.n_params / 1e6:.1f}M params, "
               f"{result.seconds:.1f} s)")
@@ -88,7 +90,7 @@ def verify(src: Path = typer.Argument(..., help="the checkpoint folder the GGUF 
 
     r = run_verify(src, path, tokens)
     t = r.tolerance
-    table = Table(title=f"verify {path.name} ({r.file_type}, KV cache {t.kv_type}, {r.n_tokens} tokens)")
+    table = Table(title=f"verify {path.name} ({r.file_type}, KV cache {t.kv_type}, {r.n_tokens} tokens)\n{r.compared}")
     for col in ("measure", "value", "tolerance"):
         table.add_column(col)
     table.add_row("max |Δlogit|", f"{r.max_abs_diff:.3g}", "")
@@ -98,7 +100,7 @@ def verify(src: Path = typer.Argument(..., help="the checkpoint folder the GGUF 
     table.add_row("mean KL divergence", f"{r.mean_kl:.3g}", f"≤ {t.max_mean_kl:g}")
     out.print(table)
     if not r.passed:
-        err.print("[red]verify failed:[/] llama.cpp's outputs on this GGUF are outside the tolerance")
+        err.print(f"[red]verify failed:[/] outside the tolerance ({r.compared})", soft_wrap=True)
         raise typer.Exit(1)
     out.print("[green]verify passed[/]")
 
@@ -116,8 +118,13 @@ def run(path: Path = typer.Argument(..., help="GGUF file"),
     out.print(f"[dim]({c.n_prompt_tokens} prompt tokens, {c.n_tokens} generated)[/]")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: bad input becomes one line on stderr and a non-zero exit, never a traceback."""
+    warnings.showwarning = _show_warning
     try:
         rc = app(standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else 0)

@@ -66,16 +66,23 @@ def prepare(src: Path) -> tuple[Checkpoint, Family, list[PlannedTensor]]:
 
 
 def convert(src: Path, dest: Path, outtype: str = "f16",
-            progress: Callable[[str, int], None] | None = None) -> ConvertResult:
-    """Convert the checkpoint folder `src` to a GGUF file at `dest`."""
+            progress: Callable[[str, int], None] | None = None, lossless: bool = False) -> ConvertResult:
+    """Convert the checkpoint folder `src` to a GGUF file at `dest` (`lossless`: packed weights kept exact)."""
     t0 = time.perf_counter()
     if outtype not in OUTTYPES:
         raise GgtoolError(f"unknown --outtype {outtype}", f"choose one of {', '.join(OUTTYPES)}")
     src, dest = Path(src), Path(dest)
     ckpt, family, plan = prepare(src)
+    qtype, file_type = OUTTYPES[outtype], FILE_TYPES[OUTTYPES[outtype]]
+    if lossless:  # packed low-bit weights written as the GGUF block types that hold them exactly
+        if not hasattr(family, "lossless"):
+            raise GgtoolError(f"--lossless: {family.title} checkpoints hold no packed low-bit weights to keep exact",
+                              "convert without --lossless")
+        plan, file_type = family.lossless(ckpt)
+        outtype = "lossless"
+    types = [tensor_type(t, qtype) for t in plan]
     vocab = family.vocab(ckpt)
     check_destination(dest, ckpt.input_paths())
-    qtype = OUTTYPES[outtype]
     total, shared, expert, count = parameter_counts(plan)
 
     def add_metadata(w: gguf.GGUFWriter) -> None:
@@ -87,11 +94,11 @@ def convert(src: Path, dest: Path, outtype: str = "f16",
             meta.size_label = gguf.size_label(total, shared, expert, count)
         meta.set_gguf_meta_model(w)
         add_hparams(w, family.arch, family.hparams(ckpt))
-        w.add_file_type(FILE_TYPES[qtype])
+        w.add_file_type(file_type)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         vocab.write(w)
 
-    write_gguf(dest, family.arch, add_metadata, plan, ckpt, qtype, progress)
-    n_bytes = sum(nbytes(t.shape, tensor_type(t, qtype)) for t in plan)
+    write_gguf(dest, family.arch, add_metadata, plan, ckpt, types, progress)
+    n_bytes = sum(nbytes(t.shape, q) for t, q in zip(plan, types))
     return ConvertResult(dest, family.name, family.arch, outtype, len(plan), n_bytes, total,
                          time.perf_counter() - t0)

@@ -27,8 +27,11 @@ FILE_TYPES = {Q.F32: gguf.LlamaFileType.ALL_F32, Q.F16: gguf.LlamaFileType.MOSTL
 
 
 def tensor_type(t: PlannedTensor, outtype: Q) -> Q:
-    """The stored type of one tensor: norms, 1-D tensors and routers stay F32, as llama.cpp's converter keeps them."""
-    if t.force_type == "F32" or len(t.shape) <= 1 or t.name.endswith("_norm.weight"):
+    """The stored type of one tensor: the family's forced type, else F32 for norms and 1-D tensors (as
+    llama.cpp's converter keeps them), else `outtype` where the row fills whole blocks."""
+    if t.force_type:
+        return Q[t.force_type]
+    if len(t.shape) <= 1 or t.name.endswith("_norm.weight"):
         return Q.F32
     block, _ = gguf.GGML_QUANT_SIZES[outtype]
     if t.shape[-1] % block:
@@ -44,7 +47,10 @@ def nbytes(shape: tuple[int, ...], qtype: Q) -> int:
 
 
 def encode(arr: np.ndarray, qtype: Q) -> np.ndarray:
-    """The stored bytes of a float array in `qtype` (gguf-py's reference encoders)."""
+    """The stored bytes of a part in `qtype`: uint8 parts are finished blocks already (e.g. exact packed
+    weights), float parts go through gguf-py's reference encoders."""
+    if arr.dtype == np.uint8:
+        return arr
     return gguf.quants.quantize(np.ascontiguousarray(arr, dtype=np.float32), qtype)
 
 
@@ -72,9 +78,8 @@ def check_destination(dest: Path, inputs: list[Path]) -> None:
 
 
 def write_gguf(dest: Path, arch: str, add_metadata: Callable[[gguf.GGUFWriter], None], plan: list[PlannedTensor],
-               ckpt: Checkpoint, outtype: Q, progress: Callable[[str, int], None] | None = None) -> None:
-    """Write `plan` streamed from `ckpt` as a GGUF at `dest`, atomically."""
-    types = [tensor_type(t, outtype) for t in plan]
+               ckpt: Checkpoint, types: list[Q], progress: Callable[[str, int], None] | None = None) -> None:
+    """Write `plan` (tensor i stored as types[i]) streamed from `ckpt` as a GGUF at `dest`, atomically."""
     with atomic_output(dest) as tmp:
         w = gguf.GGUFWriter(tmp, arch=arch)
         add_metadata(w)
@@ -91,6 +96,8 @@ def write_gguf(dest: Path, arch: str, add_metadata: Callable[[gguf.GGUFWriter], 
                 data = encode(part.load(ckpt), q)
                 data.tofile(fout)
                 written += data.nbytes
+                if part.loader is None:
+                    ckpt.release(part.source)
             expected = nbytes(t.shape, q)
             if written != expected:
                 raise GgtoolError(f"{t.name}: wrote {written} bytes, expected {expected}",

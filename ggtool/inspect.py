@@ -15,7 +15,7 @@ GROUPS = [
     ("embeddings", r"token_embd\..*"),
     ("output", r"output(_norm)?\..*"),
     ("router", r".*\.(ffn_gate_inp|exp_probs_b)\..*"),
-    ("experts", r".*_exps\..*"),
+    ("experts", r".*(_exps|\.ffn_latent_(down|up))\..*"),  # latent projections belong to the routed path
     ("shared experts", r".*_shexp\..*"),
     ("attention", r".*\.attn_.*"),
     ("norms", r".*_norm\..*"),

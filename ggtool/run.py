@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import gguf
+
 from .errors import GgtoolError
+from .families import by_arch
 from .llama.model import ContextOptions, LlamaModel
 from .templates import render_chat
 
@@ -18,8 +21,21 @@ class Completion:
     n_tokens: int
 
 
+def require_runnable(path: Path, action: str = "run") -> None:
+    """Refuse, with the family's reason, a GGUF whose architecture no llama.cpp graph computes (run, quantize)."""
+    try:
+        field = gguf.GGUFReader(path).get_field("general.architecture")
+    except Exception:  # noqa: BLE001 - missing or malformed: llama.cpp's own load error says more
+        return
+    family = by_arch(field.contents()) if field is not None else None
+    if family is not None and not family.runnable:
+        raise GgtoolError(f"{path}: cannot {action} architecture {family.arch} in llama.cpp: "
+                          f"{family.not_runnable_reason}", "`ggtool inspect` and `ggtool verify` work on it")
+
+
 def complete(path: Path, prompt: str, max_tokens: int = 32, chat: bool = False, n_ctx: int = 1024) -> Completion:
     """Greedy completion of `prompt` (rendered through the GGUF's chat template when `chat`)."""
+    require_runnable(Path(path))
     with LlamaModel(path) as model:
         bos = ""
         if chat:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from ..checkpoint import Checkpoint
 from ..errors import GgtoolError
 from .base import Family
+from .metis import Metis
 from .olmoe import Olmoe
+from .mixtral import Mixtral
+from .ssmoelm import Ssmoelm
 
-FAMILIES: list[Family] = [Olmoe()]
+FAMILIES: list[Family] = [Olmoe(), Mixtral(), Metis(), Ssmoelm()]
 
 
 def detect(ckpt: Checkpoint) -> Family:

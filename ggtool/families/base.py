@@ -65,6 +65,10 @@ class Family:
     title: str = ""  # what a person would call it
     arch: str = ""  # llama.cpp architecture written to general.architecture
     ignored_tensors: tuple[str, ...] = field(default_factory=tuple)  # regexes of names safe to drop
+    # False when no llama.cpp graph computes `arch`: run/quantize refuse the GGUF with this reason, and verify
+    # compares the reference on the GGUF read back (gguf_reference_logits) instead of llama.cpp
+    runnable: bool = True
+    not_runnable_reason: str = ""
 
     def detect(self, ckpt: Checkpoint) -> bool:
         raise NotImplementedError
@@ -88,6 +92,14 @@ class Family:
 
     def reference_logits(self, folder, ids: list[int]) -> np.ndarray:
         """Logits [n_tokens, n_vocab] of an independent reference implementation for `ids`."""
+        raise NotImplementedError
+
+    def gguf_reference_logits(self, path, ids: list[int]) -> np.ndarray:
+        """The same reference run on the weights and keys of a GGUF read back (for families that are not runnable)."""
+        raise NotImplementedError
+
+    def gguf_token_ids(self, path, text: str) -> list[int]:
+        """`text` tokenized as the GGUF's vocabulary describes, special tokens added (when llama.cpp cannot load it)."""
         raise NotImplementedError
 
 

@@ -17,6 +17,8 @@ def transformers_logits(folder: Path, ids: list[int], class_name: str) -> np.nda
     except ImportError:
         raise GgtoolError("verify needs transformers and torch for this family",
                           "pip install 'ggtool[test]' (torch==2.13.0 installs the CPU build)") from None
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
     cls = getattr(transformers, class_name)
     model = cls.from_pretrained(str(folder), dtype=torch.float32, trust_remote_code=False)
     model.eval()

@@ -1,0 +1,30 @@
+# ggtool: `make demo` runs the main job on the default model; `make test` runs the test suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+# RPC lets the planner's tests use a loopback second device on machines without a GPU
+export CMAKE_ARGS ?= -DGGML_RPC=on
+
+.PHONY: install test demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	@# pip may reuse a cached wheel built without RPC: rebuild it from source if so
+	$(PY) -c "import llama_cpp.llama_cpp as L, sys; sys.exit(0 if L.llama_supports_rpc() else 1)" || \
+	  $(PY) -m pip install -q --no-cache-dir --force-reinstall --no-deps '$(LLAMA_CPP_PYTHON)'
+	touch $@
+
+test: install
+	$(VENV)/bin/pytest -q
+
+demo: install
+	$(PY) scripts/demo.py out/demo
+
+bench: install
+	$(PY) bench/convert_memory.py
+
+clean:
+	rm -rf out build .pytest_cache

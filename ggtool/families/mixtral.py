@@ -1,0 +1,302 @@
+"""neo-3 and other Mixtral-style checkpoints (MixtralForCausalLM) -> llama.cpp architecture `llama` with experts.
+
+The model in one screen: pre-norm decoder, RMSNorm, grouped-query attention with rotate-half RoPE
+over the whole head, a softmax router over all experts whose top-k weights are renormalised to sum
+to 1, SwiGLU experts (w1 gate, w3 up, w2 down), no shared expert, no biases. llama.cpp's llama graph
+computes exactly that once Q and K rows are permuted from rotate-half to adjacent pairs (its NORM
+RoPE). Every config setting that graph would ignore is refused instead of silently dropped; the
+training-only ones (router_jitter_noise, attention_dropout, router_aux_loss_coef) do not change inference.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..checkpoint import Checkpoint
+from ..errors import GgtoolError
+from ..vocab import Vocab, load_llama_vocab
+from .base import Family, HParam, Part, PlannedTensor, cfg
+
+CLASS = "MixtralForCausalLM"
+
+# checkpoint name -> GGUF name; {bid} is the block index, {moe} the MoE module's name (see MOE_NAMES)
+TENSORS = {
+    "model.layers.{bid}.input_layernorm.weight": "blk.{bid}.attn_norm.weight",
+    "model.layers.{bid}.self_attn.q_proj.weight": "blk.{bid}.attn_q.weight",
+    "model.layers.{bid}.self_attn.k_proj.weight": "blk.{bid}.attn_k.weight",
+    "model.layers.{bid}.self_attn.v_proj.weight": "blk.{bid}.attn_v.weight",
+    "model.layers.{bid}.self_attn.o_proj.weight": "blk.{bid}.attn_output.weight",
+    "model.layers.{bid}.post_attention_layernorm.weight": "blk.{bid}.ffn_norm.weight",
+    "model.layers.{bid}.{moe}.gate.weight": "blk.{bid}.ffn_gate_inp.weight",
+}
+# per-expert checkpoint names ({xid} = expert) stacked into one 3-D GGUF tensor per block
+EXPERTS = {
+    "model.layers.{bid}.{moe}.experts.{xid}.w1.weight": "blk.{bid}.ffn_gate_exps.weight",
+    "model.layers.{bid}.{moe}.experts.{xid}.w3.weight": "blk.{bid}.ffn_up_exps.weight",
+    "model.layers.{bid}.{moe}.experts.{xid}.w2.weight": "blk.{bid}.ffn_down_exps.weight",
+}
+EXPERTS_W1 = next(iter(EXPERTS))
+# the fused layout transformers >= 5 keeps in memory (5.23 saves the per-expert one): gate and up halves
+FUSED_GATE_UP = "model.layers.{bid}.{moe}.experts.gate_up_proj"
+FUSED_DOWN = "model.layers.{bid}.{moe}.experts.down_proj"
+# transformers <= 4 and its savers call the MoE module block_sparse_moe; transformers 5 renames it mlp
+MOE_NAMES = ("block_sparse_moe", "mlp")
+ROUTER = re.compile(r"model\.layers\.\d+\.block_sparse_moe\.gate\.weight")
+PER_EXPERT = re.compile(r"model\.layers\.(\d+)\.(?:block_sparse_moe|mlp)\.experts\.(\d+)\.w[123]\.weight")
+
+# MixtralConfig's defaults, used for keys a config.json leaves out (transformers fills in the same)
+DEFAULTS = {"num_key_value_heads": 8, "hidden_act": "silu", "max_position_embeddings": 4096 * 32,
+            "rms_norm_eps": 1e-5, "num_experts_per_tok": 2, "num_local_experts": 8, "rope_theta": 1e6,
+            "tie_word_embeddings": False, "sliding_window": None}
+
+# config.json key(s) -> GGUF key under `llama.`
+HPARAMS = [
+    ("context_length", ("max_position_embeddings",), "u32"),
+    ("embedding_length", ("hidden_size",), "u32"),
+    ("block_count", ("num_hidden_layers",), "u32"),
+    ("feed_forward_length", ("intermediate_size",), "u32"),
+    ("attention.head_count", ("num_attention_heads",), "u32"),
+    ("attention.head_count_kv", ("num_key_value_heads",), "u32"),
+    ("attention.layer_norm_rms_epsilon", ("rms_norm_eps",), "f32"),
+    ("expert_count", ("num_local_experts", "num_experts"), "u32"),
+    ("expert_used_count", ("num_experts_per_tok",), "u32"),
+]
+
+# settings llama.cpp's llama graph cannot express: (config key, value llama.cpp assumes, why)
+REFUSED = [
+    ("hidden_act", "silu", "llama.cpp's llama experts are SwiGLU (silu) only"),
+    ("attention_bias", False, "llama.cpp's llama graph reads no q/k/v biases"),
+    ("mlp_bias", False, "llama.cpp's llama experts have no biases"),
+    ("qkv_bias", False, "llama.cpp's llama graph reads no q/k/v biases"),
+    ("use_qk_norm", False, "llama.cpp's llama graph has no q/k norm for Mixtral-style models"),
+    ("partial_rotary_factor", 1.0, "llama.cpp's llama graph rotates the whole head (rope.dimension_count = head_dim)"),
+    ("num_shared_experts", 0, "llama.cpp's llama graph has no shared expert"),
+    ("logit_scale", 1.0, "llama.cpp's llama graph does not scale logits"),
+    ("attn_logit_softcapping", None, "llama.cpp's llama graph does not soft-cap attention"),
+    ("final_logit_softcapping", None, "llama.cpp's llama graph does not soft-cap logits"),
+]
+# NEO-3's documented chat convention (model card): `<user>\n…\n</user>\n<assistant>\n`, turns concatenated.
+# A system message has no tag of its own on the card, which puts instructions inside the user turn.
+NEO3_CHAT_TEMPLATE = (
+    "{% set ns = namespace(system='') %}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = message['content'] + '\\n' %}"
+    "{% elif message['role'] == 'user' %}{{ '<user>\\n' + ns.system + message['content'] + '\\n</user>\\n' }}"
+    "{% set ns.system = '' %}"
+    "{% elif message['role'] == 'assistant' %}{{ '<assistant>\\n' + message['content'] + '\\n</assistant>\\n' }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<assistant>\\n' }}{% endif %}"
+)
+# rope_parameters.rope_type -> GGUF rope.scaling.type written for it (both scale positions the same way)
+ROPE_TYPES = {"default": None, "linear": "linear"}
+
+
+def _mixtral_names(ckpt: Checkpoint) -> bool:
+    """Whether the tensors carry Mixtral's own names (its router or w1/w2/w3 experts), whatever config.json says."""
+    return any(ROUTER.fullmatch(n) or PER_EXPERT.fullmatch(n) for n in ckpt.names)
+
+
+def _moe_name(ckpt: Checkpoint) -> str:
+    return next((m for m in MOE_NAMES if f"model.layers.0.{m}.gate.weight" in ckpt.names), MOE_NAMES[0])
+
+
+def _rope_parameters(c: dict) -> dict:
+    """rope_parameters (transformers >= 5) or the older rope_theta / rope_scaling keys, as one dict."""
+    rp = dict(c.get("rope_parameters") or {})
+    scaling = c.get("rope_scaling") or {}
+    rp.setdefault("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
+    for key, value in scaling.items():
+        rp.setdefault(key, value)
+    rp.setdefault("rope_theta", c.get("rope_theta", DEFAULTS["rope_theta"]))
+    return rp
+
+
+def head_dim(c: dict) -> int:
+    """Attention head width: config.json's head_dim, else hidden_size / num_attention_heads (as transformers)."""
+    return int(c.get("head_dim") or cfg(c, "hidden_size") // cfg(c, "num_attention_heads"))
+
+
+def permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Reorder each head's Q/K rows from rotate-half (x_i, x_{i+d/2}) pairs to the adjacent pairs NORM RoPE rotates."""
+    rows = w.shape[0] // n_head
+    return w.reshape(n_head, 2, rows // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+class Mixtral(Family):
+    def __init__(self) -> None:
+        super().__init__(name="mixtral", title="neo-3 / Mixtral (MixtralForCausalLM)", arch="llama",
+                         ignored_tensors=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",))
+
+    def detect(self, ckpt: Checkpoint) -> bool:
+        c = ckpt.config
+        return c.get("model_type") == "mixtral" or CLASS in (c.get("architectures") or []) or _mixtral_names(ckpt)
+
+    @staticmethod
+    def _get(c: dict, *keys: str) -> Any:
+        """A config value, MixtralConfig's default when absent; null num_key_value_heads means one per head."""
+        value = cfg(c, *keys, default=DEFAULTS.get(keys[0], ...))
+        if value is None and keys[0] == "num_key_value_heads":
+            return cfg(c, "num_attention_heads")
+        return value
+
+    def check(self, ckpt: Checkpoint) -> None:
+        c = ckpt.config
+        if c.get("model_type") != "mixtral" and CLASS not in (c.get("architectures") or []):
+            named = ", ".join(c.get("architectures") or []) or c.get("model_type") or "no model class"
+            warnings.warn(f"{ckpt.folder / 'config.json'} names {named}, but its tensors are Mixtral-shaped: "
+                          f"converting it as {CLASS}; check the result with `ggtool verify`", stacklevel=2)
+        for key, assumed, why in REFUSED:
+            value = c.get(key, assumed)
+            if value is not None and value != assumed:
+                raise GgtoolError(f"config.json sets {key}={value!r}: {why}",
+                                  "ggtool refuses to write a GGUF that llama.cpp would run differently")
+        window, n_ctx = self._get(c, "sliding_window"), self._get(c, "max_position_embeddings")
+        if window is not None and window < n_ctx:
+            raise GgtoolError(f"config.json sets sliding_window={window}, smaller than the context "
+                              f"max_position_embeddings={n_ctx}: llama.cpp's llama graph attends to the whole context",
+                              "ggtool refuses rather than write a GGUF that diverges beyond the window")
+        rp = _rope_parameters(c)
+        if rp["rope_type"] not in ROPE_TYPES:
+            raise GgtoolError(f"config.json sets rope type {rp['rope_type']!r}: ggtool maps only "
+                              f"{', '.join(ROPE_TYPES)} exactly onto llama.cpp's rope settings",
+                              "ggtool refuses rather than write a GGUF with different positions")
+        if ROPE_TYPES[rp["rope_type"]] and not isinstance(rp.get("factor"), (int, float)):
+            raise GgtoolError(f"config.json sets rope type {rp['rope_type']!r} without a numeric factor",
+                              "the config is incomplete")
+        if rp.get("partial_rotary_factor", 1.0) != 1.0:
+            raise GgtoolError(f"config.json sets partial_rotary_factor={rp['partial_rotary_factor']}: "
+                              "llama.cpp's llama graph rotates the whole head")
+        biases = sorted(n for n in ckpt.names if n.endswith(".bias"))
+        if biases:
+            raise GgtoolError(f"tensor {biases[0]} is a bias: llama.cpp's llama graph reads no q/k/v or expert biases",
+                              "ggtool refuses rather than drop it")
+        heads, kv = cfg(c, "num_attention_heads"), self._get(c, "num_key_value_heads")
+        if heads % kv:
+            raise GgtoolError(f"config.json sets num_attention_heads={heads}, not a multiple of "
+                              f"num_key_value_heads={kv}", "the config is inconsistent")
+        if head_dim(c) % 2:
+            raise GgtoolError(f"config.json implies head_dim={head_dim(c)}: RoPE needs an even head width")
+        self._check_expert_counts(ckpt)
+
+    def _check_expert_counts(self, ckpt: Checkpoint) -> None:
+        """Per-expert tensors: every layer has exactly the experts config.json declares."""
+        n_expert = self._get(ckpt.config, "num_local_experts", "num_experts")
+        seen: dict[int, dict[int, str]] = {}  # layer -> expert -> one of its tensor names
+        for name in sorted(ckpt.names):
+            if m := PER_EXPERT.fullmatch(name):
+                seen.setdefault(int(m[1]), {}).setdefault(int(m[2]), name)
+        for layer, experts in sorted(seen.items()):
+            extra = sorted(set(experts) - set(range(n_expert)))
+            missing = sorted(set(range(n_expert)) - set(experts))
+            if extra:
+                what = f"has tensor {experts[extra[0]]}"
+            elif missing:
+                what = f"lacks tensor {EXPERTS_W1.format(bid=layer, moe=_moe_name(ckpt), xid=missing[0])}"
+            else:
+                continue
+            raise GgtoolError(f"layer {layer} {what}: it holds {len(experts)} experts but config.json sets "
+                              f"num_local_experts={n_expert}",
+                              "the weights and config.json disagree; use the config.json saved with these weights")
+
+    def hparams(self, ckpt: Checkpoint) -> list[HParam]:
+        c = ckpt.config
+        hps = [HParam(key, self._get(c, *src), kind) for key, src, kind in HPARAMS]
+        rp = _rope_parameters(c)
+        hd = head_dim(c)
+        hps += [HParam("rope.freq_base", float(rp["rope_theta"]), "f32"),
+                HParam("rope.dimension_count", hd),  # llama requires it to equal the head width
+                HParam("attention.key_length", hd), HParam("attention.value_length", hd)]
+        if ROPE_TYPES[rp["rope_type"]]:
+            hps += [HParam("rope.scaling.type", ROPE_TYPES[rp["rope_type"]], "str"),
+                    HParam("rope.scaling.factor", float(rp["factor"]), "f32")]
+        return hps
+
+    def plan(self, ckpt: Checkpoint) -> list[PlannedTensor]:
+        c = ckpt.config
+        n_layer, n_embd = cfg(c, "num_hidden_layers"), cfg(c, "hidden_size")
+        n_ff, n_expert = cfg(c, "intermediate_size"), self._get(c, "num_local_experts", "num_experts")
+        n_head, n_head_kv, hd = cfg(c, "num_attention_heads"), self._get(c, "num_key_value_heads"), head_dim(c)
+        n_vocab, moe = self.vocab_size(ckpt), _moe_name(ckpt)
+        shapes = {  # numpy-order shape of every GGUF tensor, from config.json
+            "token_embd.weight": (n_vocab, n_embd), "output_norm.weight": (n_embd,),
+            "output.weight": (n_vocab, n_embd), "attn_norm.weight": (n_embd,),
+            "attn_q.weight": (n_head * hd, n_embd), "attn_k.weight": (n_head_kv * hd, n_embd),
+            "attn_v.weight": (n_head_kv * hd, n_embd), "attn_output.weight": (n_embd, n_head * hd),
+            "ffn_norm.weight": (n_embd,), "ffn_gate_inp.weight": (n_expert, n_embd),
+            "ffn_gate_exps.weight": (n_expert, n_ff, n_embd), "ffn_up_exps.weight": (n_expert, n_ff, n_embd),
+            "ffn_down_exps.weight": (n_expert, n_embd, n_ff),
+        }
+        # HF rotates (x_i, x_{i+d/2}); llama.cpp's NORM RoPE rotates (x_2i, x_2i+1)
+        transforms = {"attn_q.weight": lambda w: permute_rope(w, n_head),
+                      "attn_k.weight": lambda w: permute_rope(w, n_head_kv)}
+
+        def single(src: str, dst: str) -> PlannedTensor:
+            key = dst.split(".", 2)[-1] if dst.startswith("blk.") else dst
+            force = "F32" if key == "ffn_gate_inp.weight" else None  # the router stays F32, as llama.cpp keeps it
+            return PlannedTensor(dst, shapes[key], [Part(src, shapes[key], transform=transforms.get(key))],
+                                 force_type=force)
+
+        plan = [single("model.embed_tokens.weight", "token_embd.weight")]
+        fused = FUSED_GATE_UP.format(bid=0, moe=moe) in ckpt.names
+        for b in range(n_layer):
+            plan += [single(src.format(bid=b, moe=moe), dst.format(bid=b)) for src, dst in TENSORS.items()]
+            if fused:
+                plan += self._fused_experts(b, moe, n_expert, n_ff, n_embd)
+            else:
+                for src, dst in EXPERTS.items():
+                    shape = shapes[dst.split(".", 2)[-1]]
+                    parts = [Part(src.format(bid=b, moe=moe, xid=x), shape[1:]) for x in range(n_expert)]
+                    plan.append(PlannedTensor(dst.format(bid=b), shape, parts))
+        plan.append(single("model.norm.weight", "output_norm.weight"))
+        if not self._get(c, "tie_word_embeddings"):
+            plan.append(single("lm_head.weight", "output.weight"))
+        elif "lm_head.weight" in ckpt.names:
+            # transformers ties lm_head to the embedding and ignores the stored copy; so does llama.cpp
+            # without output.weight, but the stored copy must be consumed to pass the unknown-tensor check
+            plan.append(PlannedTensor("output.weight", shapes["output.weight"],
+                                      [Part("lm_head.weight", shapes["output.weight"],
+                                            loader=lambda ck: ck.read("model.embed_tokens.weight"))]))
+        return plan
+
+    @staticmethod
+    def _fused_experts(b: int, moe: str, n_expert: int, n_ff: int, n_embd: int) -> list[PlannedTensor]:
+        gate_up, down = FUSED_GATE_UP.format(bid=b, moe=moe), FUSED_DOWN.format(bid=b, moe=moe)
+        fused_shape = (n_expert, 2 * n_ff, n_embd)
+        return [
+            PlannedTensor(f"blk.{b}.ffn_gate_exps.weight", (n_expert, n_ff, n_embd),
+                          [Part(gate_up, fused_shape, index=(x, slice(0, n_ff))) for x in range(n_expert)]),
+            PlannedTensor(f"blk.{b}.ffn_up_exps.weight", (n_expert, n_ff, n_embd),
+                          [Part(gate_up, fused_shape, index=(x, slice(n_ff, 2 * n_ff))) for x in range(n_expert)]),
+            PlannedTensor(f"blk.{b}.ffn_down_exps.weight", (n_expert, n_embd, n_ff),
+                          [Part(down, (n_expert, n_embd, n_ff), index=x) for x in range(n_expert)]),
+        ]
+
+    def vocab(self, ckpt: Checkpoint) -> Vocab:
+        """SentencePiece (or byte-fallback BPE) vocabulary; the model card's chat convention if none is stored."""
+        vocab = load_llama_vocab(ckpt.folder, self.vocab_size(ckpt), ckpt.config)
+        if vocab.chat_template is None:
+            vocab.chat_template = NEO3_CHAT_TEMPLATE
+        return vocab
+
+    def reference_logits(self, folder: Path, ids: list[int]) -> np.ndarray:
+        from .reference import transformers_logits
+
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if config.get("model_type") == "mixtral":
+            return transformers_logits(folder, ids, CLASS)
+        # transformers renames the per-expert tensors into its fused layout only when config.json says
+        # model_type mixtral; otherwise it would silently leave the experts random. Load a view that says so.
+        with tempfile.TemporaryDirectory() as tmp:
+            view = Path(tmp)
+            for f in folder.iterdir():
+                if f.is_file() and f.name != "config.json":
+                    (view / f.name).symlink_to(f.resolve())
+            config.update(model_type="mixtral", architectures=[CLASS])
+            config.pop("auto_map", None)
+            (view / "config.json").write_text(json.dumps(config), encoding="utf-8")
+            return transformers_logits(view, ids, CLASS)
