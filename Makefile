@@ -18,7 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install
-	$(VENV)/bin/pytest -q
+	@# llama_cpp leaves /dev/null open at exit; silence that so pytest's summary is the last line
+	PYTHONWARNINGS=ignore::ResourceWarning $(VENV)/bin/pytest -q
 
 demo: install
 	$(PY) scripts/demo.py out/demo
