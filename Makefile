@@ -18,8 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install
-	@# llama_cpp leaves /dev/null open at exit; silence that so pytest's summary is the last line
-	PYTHONWARNINGS=ignore::ResourceWarning $(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q
 
 demo: install
 	$(PY) scripts/demo.py out/demo

@@ -118,6 +118,15 @@ def cfg(config: dict, *keys: str, default: Any = ...) -> Any:
     return default
 
 
+def refuse_settings(config: dict, table: list[tuple[str, Any, str]], arch: str) -> None:
+    """Refuse every (key, value the graph assumes, why) whose config.json value differs (None means unset)."""
+    for key, assumed, why in table:
+        value = config.get(key, assumed)
+        if value is not None and value != assumed:
+            raise GgtoolError(f"config.json sets {key}={value!r}: {why}",
+                              f"ggtool refuses to write a GGUF that llama.cpp's {arch} graph would run differently")
+
+
 def unknown_tensors(ckpt: Checkpoint, plan: list[PlannedTensor], ignored: tuple[str, ...]) -> list[str]:
     """Checkpoint tensors the plan does not consume and no ignore rule covers."""
     used = {p.source for t in plan for p in t.parts}

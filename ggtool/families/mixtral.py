@@ -22,7 +22,7 @@ import numpy as np
 from ..checkpoint import Checkpoint
 from ..errors import GgtoolError
 from ..vocab import Vocab, load_llama_vocab
-from .base import Family, HParam, Part, PlannedTensor, cfg
+from .base import Family, HParam, Part, PlannedTensor, cfg, refuse_settings
 
 CLASS = "MixtralForCausalLM"
 
@@ -150,11 +150,7 @@ class Mixtral(Family):
             named = ", ".join(c.get("architectures") or []) or c.get("model_type") or "no model class"
             warnings.warn(f"{ckpt.folder / 'config.json'} names {named}, but its tensors are Mixtral-shaped: "
                           f"converting it as {CLASS}; check the result with `ggtool verify`", stacklevel=2)
-        for key, assumed, why in REFUSED:
-            value = c.get(key, assumed)
-            if value is not None and value != assumed:
-                raise GgtoolError(f"config.json sets {key}={value!r}: {why}",
-                                  "ggtool refuses to write a GGUF that llama.cpp would run differently")
+        refuse_settings(c, REFUSED, self.arch)
         window, n_ctx = self._get(c, "sliding_window"), self._get(c, "max_position_embeddings")
         if window is not None and window < n_ctx:
             raise GgtoolError(f"config.json sets sliding_window={window}, smaller than the context "

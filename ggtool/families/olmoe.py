@@ -15,7 +15,7 @@ import numpy as np
 
 from ..checkpoint import Checkpoint
 from ..errors import GgtoolError
-from .base import Family, HParam, Part, PlannedTensor, cfg
+from .base import Family, HParam, Part, PlannedTensor, cfg, refuse_settings
 
 # checkpoint name -> GGUF name; {bid} is the block index
 TENSORS = {
@@ -80,14 +80,9 @@ class Olmoe(Family):
 
     def check(self, ckpt: Checkpoint) -> None:
         c = ckpt.config
-        for key, assumed, why in REFUSED:
-            value = c.get(key, assumed)
-            if key == "rope_scaling":
-                rp = c.get("rope_parameters") or {}
-                value = value or (None if rp.get("rope_type", "default") == "default" else rp)
-            if value != assumed:
-                raise GgtoolError(f"config.json sets {key}={value!r}: {why}",
-                                  "ggtool refuses to write a GGUF that llama.cpp would run differently")
+        rope = c.get("rope_parameters") or {}
+        refuse_settings({**c, "rope_scaling": c.get("rope_scaling") or (
+            None if rope.get("rope_type", "default") == "default" else rope)}, REFUSED, self.arch)
         heads, kv = cfg(c, "num_attention_heads"), cfg(c, "num_key_value_heads", "num_attention_heads")
         if heads != kv:
             raise GgtoolError(f"config.json sets num_key_value_heads={kv} != num_attention_heads={heads}: "

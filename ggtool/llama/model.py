@@ -6,12 +6,14 @@ instead of printed, so a failed load can be reported in one line with llama.cpp'
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import llama_cpp._utils
 import llama_cpp.llama_cpp as L
 import numpy as np
 
@@ -29,6 +31,10 @@ def _capture_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 
 L.llama_log_set(_capture_log, ctypes.c_void_p())
 L.llama_backend_init()
+# llama_cpp opens two /dev/null handles at import and never closes them: close them at exit so the
+# interpreter's shutdown does not print ResourceWarnings after every command and test run
+atexit.register(llama_cpp._utils.outnull_file.close)
+atexit.register(llama_cpp._utils.errnull_file.close)
 
 
 def log_lines() -> list[str]:
