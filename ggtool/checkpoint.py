@@ -170,9 +170,10 @@ class Checkpoint:
         return shard.array(name)
 
     def release(self, name: str) -> None:
-        """Let go of a tensor's pages once it has been written, so resident memory stays bounded."""
-        shard, _ = self.entries[name]
-        shard.release(name)
+        """Let go of a tensor's pages once it has been written, so resident memory stays bounded
+        (a name that is not a stored tensor, such as a packed tensor's base key, holds no pages)."""
+        if name in self.entries:
+            self.entries[name][0].release(name)
 
     def read(self, name: str) -> np.ndarray:
         """The tensor as float32 if it is floating point (bf16 widened), else as stored."""

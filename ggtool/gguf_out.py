@@ -96,8 +96,7 @@ def write_gguf(dest: Path, arch: str, add_metadata: Callable[[gguf.GGUFWriter], 
                 data = encode(part.load(ckpt), q)
                 data.tofile(fout)
                 written += data.nbytes
-                if part.loader is None:
-                    ckpt.release(part.source)
+                ckpt.release(part.source)
             expected = nbytes(t.shape, q)
             if written != expected:
                 raise GgtoolError(f"{t.name}: wrote {written} bytes, expected {expected}",

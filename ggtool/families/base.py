@@ -118,6 +118,20 @@ def cfg(config: dict, *keys: str, default: Any = ...) -> Any:
     return default
 
 
+def fused_experts(b: int, gate_up: str, down: str, n_expert: int, n_ff: int, n_embd: int) -> list[PlannedTensor]:
+    """Block b's ffn_{gate,up,down}_exps from fused tensors (gate_up [E, 2*ff, embd] with the gate half first,
+    down [E, embd, ff]) that transformers >= 5 keeps in memory and may save, one expert per part."""
+    fused_shape = (n_expert, 2 * n_ff, n_embd)
+    return [
+        PlannedTensor(f"blk.{b}.ffn_gate_exps.weight", (n_expert, n_ff, n_embd),
+                      [Part(gate_up, fused_shape, index=(x, slice(0, n_ff))) for x in range(n_expert)]),
+        PlannedTensor(f"blk.{b}.ffn_up_exps.weight", (n_expert, n_ff, n_embd),
+                      [Part(gate_up, fused_shape, index=(x, slice(n_ff, 2 * n_ff))) for x in range(n_expert)]),
+        PlannedTensor(f"blk.{b}.ffn_down_exps.weight", (n_expert, n_embd, n_ff),
+                      [Part(down, (n_expert, n_embd, n_ff), index=x) for x in range(n_expert)]),
+    ]
+
+
 def refuse_settings(config: dict, table: list[tuple[str, Any, str]], arch: str) -> None:
     """Refuse every (key, value the graph assumes, why) whose config.json value differs (None means unset)."""
     for key, assumed, why in table:

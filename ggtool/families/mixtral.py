@@ -22,7 +22,7 @@ import numpy as np
 from ..checkpoint import Checkpoint
 from ..errors import GgtoolError
 from ..vocab import Vocab, load_llama_vocab
-from .base import Family, HParam, Part, PlannedTensor, cfg, refuse_settings
+from .base import Family, HParam, Part, PlannedTensor, cfg, fused_experts, refuse_settings
 
 CLASS = "MixtralForCausalLM"
 
@@ -242,7 +242,8 @@ class Mixtral(Family):
         for b in range(n_layer):
             plan += [single(src.format(bid=b, moe=moe), dst.format(bid=b)) for src, dst in TENSORS.items()]
             if fused:
-                plan += self._fused_experts(b, moe, n_expert, n_ff, n_embd)
+                plan += fused_experts(b, FUSED_GATE_UP.format(bid=b, moe=moe), FUSED_DOWN.format(bid=b, moe=moe),
+                                      n_expert, n_ff, n_embd)
             else:
                 for src, dst in EXPERTS.items():
                     shape = shapes[dst.split(".", 2)[-1]]
@@ -258,19 +259,6 @@ class Mixtral(Family):
                                       [Part("lm_head.weight", shapes["output.weight"],
                                             loader=lambda ck: ck.read("model.embed_tokens.weight"))]))
         return plan
-
-    @staticmethod
-    def _fused_experts(b: int, moe: str, n_expert: int, n_ff: int, n_embd: int) -> list[PlannedTensor]:
-        gate_up, down = FUSED_GATE_UP.format(bid=b, moe=moe), FUSED_DOWN.format(bid=b, moe=moe)
-        fused_shape = (n_expert, 2 * n_ff, n_embd)
-        return [
-            PlannedTensor(f"blk.{b}.ffn_gate_exps.weight", (n_expert, n_ff, n_embd),
-                          [Part(gate_up, fused_shape, index=(x, slice(0, n_ff))) for x in range(n_expert)]),
-            PlannedTensor(f"blk.{b}.ffn_up_exps.weight", (n_expert, n_ff, n_embd),
-                          [Part(gate_up, fused_shape, index=(x, slice(n_ff, 2 * n_ff))) for x in range(n_expert)]),
-            PlannedTensor(f"blk.{b}.ffn_down_exps.weight", (n_expert, n_embd, n_ff),
-                          [Part(down, (n_expert, n_embd, n_ff), index=x) for x in range(n_expert)]),
-        ]
 
     def vocab(self, ckpt: Checkpoint) -> Vocab:
         """SentencePiece (or byte-fallback BPE) vocabulary; the model card's chat convention if none is stored."""

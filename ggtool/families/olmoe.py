@@ -15,7 +15,7 @@ import numpy as np
 
 from ..checkpoint import Checkpoint
 from ..errors import GgtoolError
-from .base import Family, HParam, Part, PlannedTensor, cfg, refuse_settings
+from .base import Family, HParam, Part, PlannedTensor, cfg, fused_experts, refuse_settings
 
 # checkpoint name -> GGUF name; {bid} is the block index
 TENSORS = {
@@ -127,7 +127,7 @@ class Olmoe(Family):
                 if "{bid}" in src:
                     plan.append(single(src.format(bid=b), dst.format(bid=b)))
             if fused:
-                plan += self._fused_experts(b, n_expert, n_ff, n_embd)
+                plan += fused_experts(b, FUSED_GATE_UP.format(bid=b), FUSED_DOWN.format(bid=b), n_expert, n_ff, n_embd)
             else:
                 for src, dst in EXPERTS.items():
                     name = dst.format(bid=b)
@@ -140,19 +140,6 @@ class Olmoe(Family):
         head = "model.embed_tokens.weight" if tied else "lm_head.weight"
         plan.append(single(head, "output.weight"))
         return plan
-
-    @staticmethod
-    def _fused_experts(b: int, n_expert: int, n_ff: int, n_embd: int) -> list[PlannedTensor]:
-        gate_up, down = FUSED_GATE_UP.format(bid=b), FUSED_DOWN.format(bid=b)
-        fused_shape = (n_expert, 2 * n_ff, n_embd)
-        return [
-            PlannedTensor(f"blk.{b}.ffn_gate_exps.weight", (n_expert, n_ff, n_embd),
-                          [Part(gate_up, fused_shape, index=(x, slice(0, n_ff))) for x in range(n_expert)]),
-            PlannedTensor(f"blk.{b}.ffn_up_exps.weight", (n_expert, n_ff, n_embd),
-                          [Part(gate_up, fused_shape, index=(x, slice(n_ff, 2 * n_ff))) for x in range(n_expert)]),
-            PlannedTensor(f"blk.{b}.ffn_down_exps.weight", (n_expert, n_embd, n_ff),
-                          [Part(down, (n_expert, n_embd, n_ff), index=x) for x in range(n_expert)]),
-        ]
 
     def reference_logits(self, folder: Path, ids: list[int]) -> np.ndarray:
         from .reference import transformers_logits
