@@ -24,7 +24,7 @@ demo: install
 	$(PY) scripts/demo.py out/demo
 
 bench: install
-	$(PY) bench/convert_memory.py
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf out build .pytest_cache

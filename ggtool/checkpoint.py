@@ -39,7 +39,9 @@ class TensorEntry:
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     """Widen raw bfloat16 bits (uint16) to float32 exactly."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+    out = np.empty(bits.shape, dtype=np.uint32)  # one pass, no uint32 temporary to shift afterwards
+    np.left_shift(bits, 16, out=out, dtype=np.uint32)
+    return out.view(np.float32)
 
 
 def _read_header(path: Path) -> tuple[dict, int]:

@@ -29,22 +29,30 @@ def human(n: float) -> str:
 
 
 @app.command()
-def convert(src: Path = typer.Argument(..., help="checkpoint folder (config.json + *.safetensors)"),
+def convert(src: Path = typer.Argument(..., help="checkpoint folder (config.json + *.safetensors), or a Hub "
+                                       "repo id org/name[@revision] (only the needed files are downloaded)"),
             output: Path = typer.Option(..., "-o", "--output", help="GGUF file to write"),
             outtype: str = typer.Option("f16", "--outtype", help="f32 | f16 | bf16 | q8_0"),
             lossless: bool = typer.Option(False, "--lossless", help="packed 1-/4-bit weights (SSMoELM) kept exact as "
                                           "TQ1_0/Q4_0 blocks, the rest f32; overrides --outtype")) -> None:
     """Convert a checkpoint folder to GGUF (metadata, tokenizer and chat template included)."""
+    import contextlib
+
     from .convert import convert as run_convert
 
-    with Progress(TextColumn("[bold]convert[/] {task.description}"), BarColumn(), DownloadColumn(),
-                  TimeRemainingColumn(), console=err, transient=True) as bar:
-        task = bar.add_task("", total=None)
+    with contextlib.ExitStack() as stack:
+        if not src.exists() and str(src).count("/") == 1:  # org/name[@revision]: through the Hub cache
+            from .hub import hub_source
 
-        def progress(name: str, n: int) -> None:
-            bar.update(task, advance=n, description=name)
+            src = stack.enter_context(hub_source(str(src)))  # huggingface_hub shows its own download progress
+        with Progress(TextColumn("[bold]convert[/] {task.description}"), BarColumn(), DownloadColumn(),
+                      TimeRemainingColumn(), console=err, transient=True) as bar:
+            task = bar.add_task("", total=None)
 
-        result = run_convert(src, output, outtype, progress, lossless=lossless)
+            def progress(name: str, n: int) -> None:
+                bar.update(task, advance=n, description=name)
+
+            result = run_convert(src, output, outtype, progress, lossless=lossless)
     out.print(f"[green]wrote[/] {result.dest}  ({result.family} → arch {result.arch}, {result.outtype}, "
               f"{result.n_tensors} tensors, {human(result.n_bytes)}, {result.n_params / 1e6:.1f}M params, "
               f"{result.seconds:.1f} s)")
@@ -109,13 +117,361 @@ def verify(src: Path = typer.Argument(..., help="the checkpoint folder the GGUF 
 def run(path: Path = typer.Argument(..., help="GGUF file"),
         prompt: str = typer.Option("Hello", "-p", "--prompt"),
         n: int = typer.Option(32, "-n", "--max-tokens", help="tokens to generate"),
-        chat: bool = typer.Option(False, "--chat", help="render the prompt through the GGUF's chat template")) -> None:
-    """Generate a greedy completion with llama.cpp."""
-    from .run import complete
+        chat: bool = typer.Option(False, "--chat", help="render the prompt through the GGUF's chat template"),
+        plan: Path = typer.Option(None, "--plan", help="plan JSON from `ggtool plan --json` (devices, layers, "
+                                  "overrides, KV types)"),
+        rpc: list[str] = typer.Option([], "--rpc", help="HOST:PORT of an RPC device (repeatable)")) -> None:
+    """Generate a greedy completion with llama.cpp, streamed, with tokens/s at the end."""
+    from .run import stream
 
-    c = complete(path, prompt, n, chat)
-    out.print(f"[dim]{c.prompt}[/]{c.text}")
-    out.print(f"[dim]({c.n_prompt_tokens} prompt tokens, {c.n_tokens} generated)[/]")
+    plan_data = None
+    if plan is not None:
+        from .plan.export import load_plan
+
+        plan_data = load_plan(plan)
+    # a chat answer starts on its own line; a plain completion continues the prompt's text
+    out.print(prompt, style="dim", end="\n" if chat else "", markup=False, highlight=False)
+    r = stream(path, prompt, n, chat, plan_data, rpc, on_text=lambda t: out.print(t, end="", markup=False,
+                                                                               highlight=False))
+    out.print()
+    c = r.completion
+    out.print(f"[dim]({c.n_prompt_tokens} prompt tokens, {c.n_tokens} generated, {r.tokens_per_s:.1f} tokens/s; "
+              f"{r.applied})[/]")
+
+
+def _parse_size(text: str) -> int:
+    import re
+
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)(i?B?)\s*", text, re.I)
+    if not m:
+        raise GgtoolError(f"size {text!r} is not a size", "e.g. 1GiB, 512MiB, 6G")
+    unit = m.group(2).upper()
+    base = 1024 if m.group(3).lower().startswith("i") or not m.group(3) else 1000
+    return int(float(m.group(1)) * base ** " KMGT".index(unit or " "))
+
+
+@app.command("plan")
+def plan_cmd(model: Path = typer.Argument(..., help="GGUF file, or a checkpoint folder / config.json with --type"),
+             vram: str = typer.Option("0", "--vram", help="memory of the local GPU, e.g. 1GiB (0: none)"),
+             ram: str = typer.Option(..., "--ram", help="system RAM for llama.cpp, e.g. 6GiB"),
+             ctx: int = typer.Option(4096, "--ctx", help="context size wanted (halved only if nothing fits)"),
+             qtype: str = typer.Option(None, "--type", help="quant type of the GGUF to be (config.json input)"),
+             vram_bw: float = typer.Option(300.0, "--vram-bandwidth", help="GB/s"),
+             ram_bw: float = typer.Option(50.0, "--ram-bandwidth", help="GB/s"),
+             device: list[str] = typer.Option([], "--device", help="extra device NAME=SIZE[@GB/s] e.g. an RPC host "
+                                              "192.168.1.5:50052=8GiB@20 (repeatable)"),
+             margin: float = typer.Option(0.10, "--margin", help="fraction of each device kept free"),
+             json_out: Path = typer.Option(None, "--json", "-o", help="write the plan JSON here")) -> None:
+    """Fastest placement of a model on a machine's VRAM + RAM (+ RPC hosts), checked against llama.cpp's rules."""
+    from .plan.export import llama_cpp_flags, llama_cpp_python_kwargs, ollama_parameters, plan_json, write_plan
+    from .plan.memory import Device, from_config, read_gguf
+    from .plan.search import Budget, plan as run_plan
+
+    if model.is_file() and model.suffix == ".gguf" or (model.is_file() and model.name != "config.json"):
+        shape = read_gguf(model)
+    else:
+        if not qtype:
+            raise GgtoolError(f"{model}: not a GGUF file", "give --type (e.g. IQ3_M) to plan from its config.json")
+        shape = from_config(model, qtype)
+    devices, rpc = [], []
+    if _parse_size(vram) > 0:
+        devices.append(Device("GPU0", _parse_size(vram), vram_bw * 1e9, "gpu"))
+    for spec in device:
+        name, _, rest = spec.rpartition("=")
+        size, _, bw = rest.partition("@")
+        if not name:
+            raise GgtoolError(f"--device {spec!r} is not NAME=SIZE[@GB/s]")
+        is_rpc = ":" in name
+        devices.append(Device(name, _parse_size(size), float(bw or 10) * 1e9, "rpc" if is_rpc else "gpu",
+                              32 if is_rpc else 128))
+        if is_rpc:
+            rpc.append(name)
+    budget = Budget(devices, _parse_size(ram), ram_bw * 1e9, margin)
+    r = run_plan(shape, budget, ctx)
+    best = r.best
+    p = best.placement
+    table = Table(title=f"plan for {shape.name} ({shape.file_type or '?'}, {human(shape.weight_bytes)} of weights): "
+                  f"ngl {p.n_gpu_layers}/{shape.n_layer + 1}, ctx {p.n_ctx}, KV {p.type_k}/{p.type_v}, "
+                  f"flash attention {'on' if p.flash_attn else 'off'}, ≈{best.tokens_per_s:.1f} tokens/s")
+    for col in ("memory", "weights", "KV cache", "compute", "output", "total", "budget − margin"):
+        table.add_column(col, justify="right" if col != "memory" else "left")
+    for d in devices:
+        u = best.prediction.devices[d.name]
+        table.add_row(d.name, human(u.model), human(u.kv), human(u.compute), "", human(u.total),
+                      human(d.budget * (1 - margin)))
+    h = best.prediction.host
+    table.add_row("host RAM", human(h.model), human(h.kv), human(h.compute), human(h.output), human(h.total),
+                  human(budget.ram * (1 - budget.ram_margin)))
+    out.print(table)
+    if p.cpu_expert_layers:
+        out.print(f"experts of layers {p.cpu_expert_layers[0]}–{p.cpu_expert_layers[-1]} in RAM (-ot overrides); "
+                  f"attention, norms, router, output and KV on the device")
+    if r.runners_up:
+        ru = Table(title="runners-up")
+        for col in ("ngl", "experts in RAM", "KV", "FA", "device total", "host total", "tokens/s"):
+            ru.add_column(col)
+        for c in r.runners_up:
+            q = c.placement
+            ru.add_row(str(q.n_gpu_layers), str(len(q.cpu_expert_layers)), q.type_k, "on" if q.flash_attn else "off",
+                       human(max((u.total for u in c.prediction.devices.values()), default=0)),
+                       human(c.prediction.host.total), f"{c.tokens_per_s:.1f}")
+        out.print(ru)
+    for g in r.given_up:
+        out.print(f"[yellow]given up:[/] {g}")
+    out.print(f"[bold]llama.cpp:[/] {llama_cpp_flags(p, rpc)}", soft_wrap=True, highlight=False)
+    out.print(f"[bold]llama-cpp-python:[/] {llama_cpp_python_kwargs(p)}", soft_wrap=True, highlight=False)
+    out.print(f"[bold]Ollama Modelfile:[/] {ollama_parameters(p).replace(chr(10), '; ')}", highlight=False)
+    if json_out is not None:
+        write_plan(json_out, plan_json(r, str(model), rpc))
+        out.print(f"[green]wrote[/] {json_out}")
+
+
+@app.command("rpc-server")
+def rpc_server(host: str = typer.Option("127.0.0.1", "--host"),
+               port: int = typer.Option(50052, "--port"),
+               threads: int = typer.Option(0, "--threads", help="0: every core")) -> None:
+    """Serve this machine's CPU as a llama.cpp RPC device (runs until interrupted)."""
+    from .llama.rpc import serve
+
+    if host not in ("127.0.0.1", "localhost"):
+        err.print("[yellow]warning:[/] the RPC protocol has no authentication: serve only on trusted networks")
+    serve(host, port, threads or os.cpu_count() or 1)
+
+
+def _coverage_table(rows, title: str) -> None:
+    from .imatrix import UNROUTED_NOTE
+
+    gaps = [r for r in rows if r.unrouted]
+    if not rows:
+        return
+    if not gaps:
+        low = min(r.min_count for r in rows)
+        out.print(f"expert coverage: every expert of {len(rows)} expert tensors was routed to (fewest tokens: {low})")
+        return
+    table = Table(title=f"{title}: {len(gaps)} of {len(rows)} expert tensors have experts never routed to")
+    for col in ("tensor", "experts", "never routed", "tokens per expert (min–max)"):
+        table.add_column(col)
+    for r in gaps:
+        table.add_row(r.tensor, str(r.n_experts), ", ".join(map(str, r.unrouted)), f"{r.min_count}–{r.max_count}")
+    out.print(table)
+    out.print(f"[yellow]note:[/] {UNROUTED_NOTE}", soft_wrap=True)
+
+
+@app.command()
+def imatrix(model: Path = typer.Argument(..., help="GGUF model to calibrate"),
+            files: list[Path] = typer.Option([], "-f", "--file", help="calibration text (repeatable)"),
+            output: Path = typer.Option(..., "-o", "--output", help="importance matrix to write (imatrix.gguf)"),
+            chat: bool = typer.Option(False, "--chat", help="files are jsonl conversations ({\"messages\": [...]} per "
+                                      "line), rendered through the model's chat template"),
+            chunk_size: int = typer.Option(512, "--chunk-size", help="tokens per chunk (BOS first)"),
+            chunks: int = typer.Option(0, "--chunks", help="use at most this many chunks (0: all)"),
+            in_files: list[Path] = typer.Option([], "--in-file", help="earlier importance matrices to add to "
+                                                "(GGUF or legacy .dat; repeatable)"),
+            legacy: bool = typer.Option(False, "--dat", help="write the legacy .dat format instead of GGUF"),
+            threads: int = typer.Option(0, "--threads", help="CPU threads (0: all)")) -> None:
+    """Collect an importance matrix (llama-imatrix's GGUF format) by running calibration text through llama.cpp."""
+    from .imatrix import collect
+
+    with Progress(TextColumn("[bold]imatrix[/] chunk {task.completed}/{task.total}"), BarColumn(),
+                  TimeRemainingColumn(), console=err, transient=True,
+                  disable=not err.is_terminal) as bar:
+        task = bar.add_task("", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        r = collect(model, files, output, chunk_size, chat, chunks or None, in_files, legacy, threads, progress)
+    collected = f"{r.n_chunks} chunks × {r.chunk_size} tokens" if r.n_chunks else "no new text"
+    merged = f", added to {len(in_files)} earlier file(s)" if in_files else ""
+    out.print(f"[green]wrote[/] {r.dest}  ({r.n_entries} weights, {collected}{merged}, {r.seconds:.1f} s)")
+    _coverage_table(r.coverage, "expert coverage")
+
+
+@app.command("imatrix-merge")
+def imatrix_merge(inputs: list[Path] = typer.Argument(..., help="importance matrices (GGUF or legacy .dat)"),
+                  output: Path = typer.Option(..., "-o", "--output", help="merged importance matrix (GGUF)"),
+                  chunk_size: int = typer.Option(0, "--chunk-size", help="chunk size for legacy inputs (0: from "
+                                                 "the GGUF inputs, else 512)")) -> None:
+    """Add several importance matrices into one, as llama-imatrix --in-file does."""
+    from .imatrix import coverage, merge, read_imatrix, write_imatrix
+
+    merged = merge([read_imatrix(p) for p in inputs], chunk_size or None)
+    write_imatrix(merged, output)
+    out.print(f"[green]wrote[/] {output}  ({len(merged.entries)} weights from {len(inputs)} files, "
+              f"{merged.chunk_count} chunks of {merged.chunk_size})")
+    _coverage_table(coverage(merged), "expert coverage")
+
+
+@app.command("imatrix-coverage")
+def imatrix_coverage(path: Path = typer.Argument(..., help="importance matrix (GGUF or legacy .dat)")) -> None:
+    """Report which experts an importance matrix never saw, per tensor."""
+    from .imatrix import coverage, read_imatrix
+
+    im = read_imatrix(path)
+    out.print(f"{path}: {len(im.entries)} weights, {im.chunk_count} chunks of {im.chunk_size or '?'}, "
+              f"datasets {', '.join(im.datasets) or '-'}")
+    if im.legacy:
+        out.print("[yellow]note:[/] a legacy .dat file keeps no per-expert counts: coverage unknown")
+        return
+    _coverage_table(coverage(im), "expert coverage")
+
+
+@app.command()
+def quantize(model: Path = typer.Argument(..., help="GGUF model (F16/BF16/F32)"),
+             types: str = typer.Option("IQ2_M,IQ3_M,Q3_K_M,Q4_K_M", "--types", help="comma-separated llama-quantize "
+                                       "types"),
+             imatrix_file: Path = typer.Option(None, "--imatrix", help="importance matrix (GGUF or legacy .dat)"),
+             tensor_types: list[str] = typer.Option([], "--tensor-type", help="REGEX=TYPE override (repeatable)"),
+             output: Path = typer.Option(..., "-o", "--output", help="folder for <Basename>-<SizeLabel>-<TYPE>.gguf"),
+             threads: int = typer.Option(0, "--threads", help="CPU threads (0: all)")) -> None:
+    """Quantize with llama.cpp's recipes, calibrated with an importance matrix."""
+    from .quantize import quantize as run_quantize
+
+    with Progress(TextColumn("[bold]quantize[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                  "{task.total}"), console=err, transient=True,
+                  disable=not err.is_terminal) as bar:
+        task = bar.add_task("", total=None)
+
+        def progress(name: str, i: int, n: int, variant) -> None:  # noqa: ANN001
+            bar.update(task, completed=i + (variant is not None), total=n, description=name)
+            if variant is not None:
+                out.print(f"[green]wrote[/] {variant.path}  ({human(variant.size_bytes)}, "
+                                  f"{variant.seconds:.1f} s)", soft_wrap=True)
+
+        done = run_quantize(model, output, [t for t in types.split(",") if t.strip()], imatrix_file, tensor_types,
+                            threads, progress)
+    table = Table(title=f"quantized {model.name}" + (f" with {imatrix_file.name}" if imatrix_file else ""))
+    for col in ("type", "file", "size", "seconds"):
+        table.add_column(col)
+    for v in done:
+        table.add_row(v.type, str(v.path), human(v.size_bytes), f"{v.seconds:.1f}")
+    out.print(table)
+
+
+def _quality_table(r, ctx: int) -> Table:
+    """The quality table of an EvalReport: the base first, then each variant."""
+    table = Table(title=f"quality vs {Path(r.base).name} on {Path(r.text).name} ({r.n_tokens} scored tokens, ctx {ctx})")
+    for col, just in (("file", "left"), ("type", "left"), ("size", "right"), ("bpw", "right"), ("PPL", "right"),
+                      ("KL mean", "right"), ("KL p99", "right"), ("top-1", "right")):
+        table.add_column(col, justify=just)
+    table.add_row(Path(r.base).name, r.base_type, human(r.base_size_bytes), f"{r.base_bpw:.2f}", f"{r.base_ppl:.4g}",
+                  "0", "0", "100.0%")
+    for v in r.variants:
+        table.add_row(Path(v.file).name, v.type, human(v.size_bytes), f"{v.bpw:.2f}", f"{v.ppl:.4g}",
+                      f"{v.kl_mean:.4f}", f"{v.kl_p99:.4f}", f"{100 * v.top1:.1f}%")
+    return table
+
+
+@app.command("eval")
+def eval_(base: Path = typer.Argument(..., help="the base GGUF (e.g. F16) the variants are compared with"),
+          variants: list[Path] = typer.Argument(..., help="quantized GGUF files"),
+          text: Path = typer.Option(None, "-f", "--file", help="held-out text (default imatrix_data/heldout.txt)"),
+          json_file: Path = typer.Option(None, "--json", help="also write the results as JSON"),
+          ctx: int = typer.Option(512, "--ctx", help="tokens per chunk; the second half of each chunk is scored"),
+          chunks: int = typer.Option(0, "--chunks", help="use at most this many chunks (0: all)"),
+          threads: int = typer.Option(0, "--threads", help="CPU threads (0: all)")) -> None:
+    """Perplexity, KL divergence from BASE and top-1 agreement of quantized variants, by llama.cpp."""
+    from .quality import evaluate
+
+    with Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                  "{task.total}"), console=err, transient=True,
+                  disable=not err.is_terminal) as bar:
+        task = bar.add_task("", total=None)
+
+        def progress(name: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=name)
+
+        r = evaluate(base, variants, text, ctx, chunks or None, threads, progress)
+    out.print(_quality_table(r, ctx))
+    if json_file:
+        r.write_json(json_file)
+        out.print(f"[green]wrote[/] {json_file}")
+
+
+@app.command()
+def ladder(src: Path = typer.Argument(None, help="checkpoint folder or base GGUF (default: the embedded default model)"),
+           output: Path = typer.Option(..., "-o", "--output", help="folder for the ladder (created if missing)"),
+           types: str = typer.Option(",".join(["IQ2_M", "IQ3_M", "Q3_K_M", "Q4_K_M"]), "--types",
+                                     help="comma-separated llama.cpp quantization types"),
+           calibration: list[Path] = typer.Option(None, "--calibration",
+                                                  help="calibration text (default imatrix_data/calibration.txt)"),
+           heldout: Path = typer.Option(None, "--heldout", help="held-out text (default imatrix_data/heldout.txt)"),
+           outtype: str = typer.Option("f16", "--outtype", help="base GGUF type: f16 | bf16 | f32"),
+           ctx: int = typer.Option(512, "--ctx", help="tokens per chunk for calibration and evaluation")) -> None:
+    """Convert → importance matrix → the quantization ladder → quality table; finished steps are skipped."""
+    from . import DEFAULT_MODEL
+    from .ladder import ladder as run_ladder
+
+    with Progress(TextColumn("[bold]ladder[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                  "{task.total}"), console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("", total=None)
+
+        def progress(what: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total or None, description=what)
+
+        def on_step(step) -> None:  # noqa: ANN001
+            state = f"[green]made[/] in {step.seconds:.1f} s" if step.made else "[dim]up to date, skipped[/]"
+            bar.console.print(f"{step.name:<16} {state}  {step.path}")
+
+        r = run_ladder(src or DEFAULT_MODEL, output, [t for t in types.split(",") if t.strip()],
+                       calibration=calibration or None, heldout=heldout, outtype=outtype, chunk_size=ctx,
+                       eval_ctx=ctx, progress=progress, on_step=on_step)
+    out.print(_quality_table(r.report, ctx))
+    out.print(f"[green]ladder in[/] {r.out_dir}  (importance matrix {r.imatrix.name}, quality.json)")
+
+
+@app.command()
+def modelfile(model: Path = typer.Argument(..., help="GGUF file"),
+              output: Path = typer.Option(..., "-o", "--output", help="Modelfile to write"),
+              plan: Path = typer.Option(None, "--plan", help="plan JSON from `ggtool plan` (num_ctx, num_gpu)"),
+              strict: bool = typer.Option(False, "--strict", help="also refuse templates that trim message content")
+              ) -> None:
+    """Write an Ollama Modelfile whose TEMPLATE reproduces the GGUF's chat template exactly."""
+    from .ollama import write_modelfile
+
+    r = write_modelfile(model, output, plan, strict)
+    for note in r.notes:
+        err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    out.print(f"[green]wrote[/] {r.dest}  (ollama create NAME -f {r.dest})")
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Lay out GGUF files for other applications.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("lmstudio")
+def export_lmstudio(models: list[Path] = typer.Argument(..., help="GGUF files (variants of one model)"),
+                    publisher: str = typer.Option(..., "--publisher", help="LM Studio publisher folder"),
+                    model: str = typer.Option(..., "--model", help="LM Studio model folder"),
+                    root: Path = typer.Option(None, "--root", help="models folder (default ~/.lmstudio/models)"),
+                    link: bool = typer.Option(True, "--link/--copy", help="hard-link the files (else copy them)")
+                    ) -> None:
+    """Place GGUF variants where LM Studio finds them (<root>/PUBLISHER/MODEL/) with a model.yaml."""
+    from .lmstudio import export
+
+    r = export(models, publisher, model, root, link)
+    for f in r.files:
+        out.print(f"[green]placed[/] {f}")
+    out.print(f"[green]wrote[/] {r.model_yaml}")
+
+
+@app.command()
+def publish(folder: Path = typer.Argument(..., help="ladder folder (*.gguf, quality.json, Modelfile...)"),
+            repo: str = typer.Option(..., "--repo", help="Hugging Face repo id, org/name"),
+            private: bool = typer.Option(False, "--private", help="create the repo private"),
+            dry_run: bool = typer.Option(False, "--dry-run", help="write README.md (the model card) only"),
+            recommend: list[str] = typer.Option([], "--recommend", help="BUDGET=FILE for the card's 'which file "
+                                                "for your memory' table, e.g. '1 GiB VRAM + 6 GiB RAM=M-IQ3_M.gguf'")
+            ) -> None:
+    """Upload a ladder folder to the Hugging Face Hub with a generated model card."""
+    from .hub import publish as run_publish
+
+    pairs = [tuple(r.rsplit("=", 1)) for r in recommend]
+    if any(len(p) != 2 for p in pairs):
+        raise GgtoolError("--recommend takes BUDGET=FILE")
+    r = run_publish(folder, repo, private=private, dry_run=dry_run, recommendations=pairs or None)
+    out.print(f"[green]{'card written' if dry_run else 'uploaded'}[/] {r.repo}: {len(r.files)} files "
+              f"(model card {r.card})")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001

@@ -33,25 +33,86 @@ def require_runnable(path: Path, action: str = "run") -> None:
                           f"{family.not_runnable_reason}", "`ggtool inspect` and `ggtool verify` work on it")
 
 
+def _chat_prompt(model: LlamaModel, path: Path, prompt: str) -> tuple[str, str]:
+    """One user turn rendered through the GGUF's chat template, and the text of its BOS token."""
+    template = model.meta("tokenizer.chat_template")
+    if not template:
+        raise GgtoolError(f"{path}: has no tokenizer.chat_template", "run without --chat")
+
+    def token_text(key: str) -> str:
+        value = model.meta(key)
+        return model.piece(int(value), special=True).decode("utf-8", "replace") if value else ""
+
+    bos = token_text("tokenizer.ggml.bos_token_id")
+    text = render_chat(template, [{"role": "user", "content": prompt}],
+                       bos_token=bos, eos_token=token_text("tokenizer.ggml.eos_token_id"))
+    return text, bos
+
+
 def complete(path: Path, prompt: str, max_tokens: int = 32, chat: bool = False, n_ctx: int = 1024) -> Completion:
     """Greedy completion of `prompt` (rendered through the GGUF's chat template when `chat`)."""
     require_runnable(Path(path))
     with LlamaModel(path) as model:
         bos = ""
         if chat:
-            template = model.meta("tokenizer.chat_template")
-            if not template:
-                raise GgtoolError(f"{path}: has no tokenizer.chat_template", "run without --chat")
-
-            def token_text(key: str) -> str:
-                value = model.meta(key)
-                return model.piece(int(value), special=True).decode("utf-8", "replace") if value else ""
-
-            bos = token_text("tokenizer.ggml.bos_token_id")
-            prompt = render_chat(template, [{"role": "user", "content": prompt}],
-                                 bos_token=bos, eos_token=token_text("tokenizer.ggml.eos_token_id"))
+            prompt, bos = _chat_prompt(model, Path(path), prompt)
         # a template that writes BOS itself must not get a second one from the tokenizer
         add_special = not (chat and bos and prompt.startswith(bos))
         ids = model.tokenize(prompt, add_special=add_special, parse_special=chat)
         out = model.generate(ids, max_tokens, ContextOptions(n_ctx=max(n_ctx, len(ids) + max_tokens)))
         return Completion(prompt, model.detokenize(out), len(ids), len(out))
+
+
+@dataclass
+class StreamResult:
+    completion: Completion
+    seconds: float  # generation time after the prompt, for tokens/s
+    tokens_per_s: float
+    applied: str  # how the model was placed
+
+
+def stream(path: Path, prompt: str, max_tokens: int = 128, chat: bool = False, plan: dict | None = None,
+           rpc: list[str] | None = None, n_ctx: int = 1024, on_text=None) -> StreamResult:
+    """Generate with a plan applied (devices, n_gpu_layers, overrides, KV types), calling on_text per piece."""
+    import time
+
+    path = Path(path)
+    require_runnable(path)
+    plan = plan or {}
+    servers = list(rpc or plan.get("rpc") or [])
+    ngl = int(plan.get("n_gpu_layers", 0 if not servers else 999))
+    overrides = [(o["pattern"], o.get("buffer", "CPU")) for o in plan.get("overrides", [])]
+    split = plan.get("tensor_split") or ()
+    opts = ContextOptions(n_ctx=int(plan.get("n_ctx", n_ctx)), n_batch=int(plan.get("n_batch", 512)),
+                          n_ubatch=int(plan.get("n_ubatch", 0)), type_k=plan.get("type_k", "f16"),
+                          type_v=plan.get("type_v", "f16"), flash_attn=bool(plan.get("flash_attn", False)))
+    with LlamaModel(path, ngl, rpc_servers=servers, overrides=overrides, tensor_split=split) as model:
+        bos = ""
+        if chat:
+            prompt, bos = _chat_prompt(model, path, prompt)
+        add_special = not (chat and bos and prompt.startswith(bos))
+        ids = model.tokenize(prompt, add_special=add_special, parse_special=chat)
+        if len(ids) + max_tokens > opts.n_ctx:
+            opts.n_ctx = len(ids) + max_tokens
+        out: list[int] = []
+        pending = b""
+        t0 = None
+        for tok in model.stream(ids, max_tokens, opts):
+            if t0 is None:
+                t0 = time.perf_counter()  # the first token ends prompt processing
+            out.append(tok)
+            pending += model.piece(tok)
+            try:
+                text = pending.decode("utf-8")
+                pending = b""
+                if on_text:
+                    on_text(text)
+            except UnicodeDecodeError:
+                pass  # a character split over tokens: wait for the rest
+        seconds = time.perf_counter() - t0 if t0 is not None else 0.0
+        text = model.detokenize(out)
+    tps = (len(out) - 1) / seconds if len(out) > 1 and seconds > 0 else 0.0
+    where = f"ngl {ngl}" + (f" on {', '.join(servers)}" if servers else "") + \
+        (f", {len(overrides)} overrides" if overrides else "") + f", KV {opts.type_k}/{opts.type_v}" + \
+        (", flash attention" if opts.flash_attn else "")
+    return StreamResult(Completion(prompt, text, len(ids), len(out)), seconds, tps, where)

@@ -40,3 +40,23 @@ def bpe_tokenizer(tmp_path_factory) -> Path:
 def olmoe_checkpoint(tmp_path_factory, bpe_tokenizer) -> Path:
     """A random OLMoE (hidden 256, 8 experts, top-2, norm_topk_prob=false) with its tokenizer."""
     return fixtures.make_olmoe(tmp_path_factory.mktemp("olmoe") / "olmoe-tiny", bpe_tokenizer, layers=3)
+
+
+@pytest.fixture(scope="session")
+def olmoe_gguf(tmp_path_factory, olmoe_checkpoint) -> Path:
+    """olmoe_checkpoint converted to an F16 GGUF (for imatrix, quantize and eval tests)."""
+    from ggtool.convert import convert
+
+    return convert(olmoe_checkpoint, tmp_path_factory.mktemp("olmoe-gguf") / "olmoe-f16.gguf", "f16").dest
+
+
+@pytest.fixture(scope="session")
+def olmoe_imatrix(tmp_path_factory, olmoe_gguf) -> Path:
+    """An importance matrix of olmoe_gguf from 4 chunks of 128 tokens of standard-library source."""
+    from ggtool.imatrix import collect
+
+    folder = tmp_path_factory.mktemp("olmoe-imatrix")
+    text = folder / "calibration.txt"
+    text.write_text(fixtures.stdlib_text(20, 40_000))
+    collect(olmoe_gguf, [text], folder / "imatrix.gguf", chunk_size=128, max_chunks=4, n_threads=1)
+    return folder / "imatrix.gguf"

@@ -12,16 +12,18 @@ import os
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import llama_cpp._utils
 import llama_cpp.llama_cpp as L
 import numpy as np
 
 from ..errors import GgtoolError
+from . import rpc
 
 GGML_TYPE_IDS = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2, "bf16": 30}
 
-_LOG: deque[str] = deque(maxlen=400)
+_LOG: deque[str] = deque(maxlen=20000)  # room for a load's debug lines (buffer overrides)
 
 
 @L.llama_log_callback
@@ -57,19 +59,56 @@ class ContextOptions:
     type_k: str = "f16"
     type_v: str = "f16"
     n_threads: int = 0  # 0: every core
-    flash_attn: bool = False  # llama.cpp's CPU flash attention rounds Q to f16: off for exact comparisons
+    flash_attn: bool | None = False  # llama.cpp's CPU flash attention rounds Q to f16: off for exact comparisons;
+    # None: llama.cpp's own default (auto), as llama-imatrix and llama-perplexity run
+    n_ubatch: int = 0  # 0: the same as n_batch
+    cb_eval: object = None  # a ggml_backend_sched_eval_callback (kept alive by the caller), e.g. imatrix collection
+
+
+class _TensorBuftOverride(ctypes.Structure):
+    """llama_model_tensor_buft_override (llama-cpp-python declares the field as an opaque pointer)."""
+
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
 
 
 class LlamaModel:
     """A GGUF loaded by llama.cpp (CPU unless n_gpu_layers says otherwise)."""
 
-    def __init__(self, path: Path | str, n_gpu_layers: int = 0, vocab_only: bool = False):
+    def __init__(self, path: Path | str, n_gpu_layers: int = 0, vocab_only: bool = False, *,
+                 rpc_servers: Sequence[str] = (), overrides: Sequence[tuple[str, str]] = (),
+                 tensor_split: Sequence[float] = ()):
+        """`rpc_servers`: HOST:PORT devices (in this order) instead of the local GPUs; `overrides`: (regex,
+        buffer type name such as "CPU" or "RPC0") pairs, the first match wins, as llama.cpp's -ot."""
         self.path = Path(path)
         if not self.path.is_file():
             raise GgtoolError(f"{self.path}: no such file")
         params = L.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.vocab_only = vocab_only
+        self._keep: list[object] = []  # ctypes arrays llama.cpp points into for the model's lifetime
+        devices = [dev for endpoint in rpc_servers for dev in rpc.add_server(endpoint)]
+        if devices:
+            arr = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
+            params.devices = ctypes.cast(arr, ctypes.c_void_p)
+            self._keep.append(arr)
+        if tensor_split:
+            split = (ctypes.c_float * L.LLAMA_MAX_DEVICES)(*tensor_split)
+            params.tensor_split = split
+            self._keep.append(split)
+        if overrides:
+            bufts = {"CPU": rpc.cpu_buffer_type()}
+            bufts.update({rpc.device_name(d): rpc.device_buffer_type(d) for d in devices})
+            arr = (_TensorBuftOverride * (len(overrides) + 1))()
+            for i, (pattern, buffer) in enumerate(overrides):
+                if buffer not in bufts:
+                    raise GgtoolError(f"override {pattern}={buffer}: no buffer type {buffer}",
+                                      f"choose one of {', '.join(bufts)}")
+                pat = ctypes.create_string_buffer(pattern.encode())
+                self._keep.append(pat)
+                arr[i].pattern = ctypes.cast(pat, ctypes.c_char_p)
+                arr[i].buft = bufts[buffer]
+            params.tensor_buft_overrides = ctypes.cast(arr, ctypes.c_void_p)
+            self._keep.append(arr)
         _LOG.clear()
         self._model = L.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
@@ -129,12 +168,16 @@ class LlamaModel:
     def _context(self, opts: ContextOptions):
         cp = L.llama_context_default_params()
         cp.n_ctx = opts.n_ctx
-        cp.n_batch = cp.n_ubatch = min(opts.n_batch, opts.n_ctx)
+        cp.n_batch = min(opts.n_batch, opts.n_ctx)
+        cp.n_ubatch = min(opts.n_ubatch or cp.n_batch, cp.n_batch)
         cp.type_k = GGML_TYPE_IDS[opts.type_k]
         cp.type_v = GGML_TYPE_IDS[opts.type_v]
         cp.n_threads = cp.n_threads_batch = opts.n_threads or os.cpu_count() or 1
         cp.no_perf = True
-        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if opts.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cp.flash_attn_type = (L.LLAMA_FLASH_ATTN_TYPE_AUTO if opts.flash_attn is None else
+                              L.LLAMA_FLASH_ATTN_TYPE_ENABLED if opts.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        if opts.cb_eval is not None:
+            cp.cb_eval = opts.cb_eval
         ctx = L.llama_init_from_model(self._model, cp)
         if not ctx:
             raise GgtoolError(f"{self.path}: llama.cpp could not create a context: {_last_error()}")
@@ -175,20 +218,31 @@ class LlamaModel:
 
     def generate(self, ids: list[int], max_tokens: int, opts: ContextOptions | None = None) -> list[int]:
         """Greedy continuation of `ids` by llama.cpp's sampler, stopping at end-of-generation."""
+        return list(self.stream(ids, max_tokens, opts))
+
+    def stream(self, ids: list[int], max_tokens: int, opts: ContextOptions | None = None) -> Iterator[int]:
+        """Greedy continuation of `ids`, one token id at a time as llama.cpp produces it."""
         opts = opts or ContextOptions(n_ctx=max(256, len(ids) + max_tokens))
         ctx = self._context(opts)
         sampler = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         L.llama_sampler_chain_add(sampler, L.llama_sampler_init_greedy())
         try:
-            self._decode(ctx, ids, 0, all_logits=False)
-            out: list[int] = []
+            step = min(opts.n_batch, opts.n_ctx)
+            for start in range(0, len(ids), step):
+                self._decode(ctx, ids[start:start + step], start, all_logits=False)
+            n_out = 0
             for _ in range(max_tokens):
                 tok = L.llama_sampler_sample(sampler, ctx, -1)
                 if self.is_eog(tok):
                     break
-                out.append(tok)
-                self._decode(ctx, [tok], len(ids) + len(out) - 1, all_logits=False)
-            return out
+                n_out += 1
+                yield tok
+                self._decode(ctx, [tok], len(ids) + n_out - 1, all_logits=False)
         finally:
             L.llama_sampler_free(sampler)
             L.llama_free(ctx)
+
+    def reserve(self, opts: ContextOptions) -> list[str]:
+        """Create and free a context; llama.cpp's log of the load and of the context's buffers."""
+        L.llama_free(self._context(opts))
+        return log_lines()

@@ -1,0 +1,421 @@
+"""Importance matrices: collect one with llama.cpp, read and write llama-imatrix's files, merge, report coverage.
+
+Two file formats, both as llama.cpp's tools/imatrix writes them:
+- GGUF (default): general.type=imatrix, imatrix.datasets / chunk_count / chunk_size, and per weight W the
+  F32 tensors `W.in_sum2` [n_mat, n_per_row] (raw sums of squared activations) and `W.counts` [n_mat, 1]
+  (tokens seen, per expert for 3-D expert tensors).
+- legacy .dat: int32 n_entries; per entry name, ncall, nval and nval floats (sum/count)*ncall; then the
+  chunk count and the dataset name. Per-expert counts are lost in this format.
+Quantization uses the means (sum / count per expert; experts never routed to get 1.0), as quantize.cpp does.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import gguf
+import numpy as np
+
+from . import families  # noqa: F401 - gguf_out and the families import each other: families first
+from .errors import GgtoolError
+from .gguf_out import atomic_output
+
+DEFAULT_CHUNK_SIZE = 512  # llama-imatrix's default n_ctx
+
+
+@dataclass
+class ImatrixEntry:
+    """One weight's statistics: sums [n_mat, n_per_row] and counts [n_mat] (n_mat = experts, 1 if dense)."""
+
+    sums: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def n_mat(self) -> int:
+        return self.sums.shape[0]
+
+
+@dataclass
+class Imatrix:
+    """An importance matrix as llama.cpp's files hold it."""
+
+    entries: dict[str, ImatrixEntry]
+    datasets: list[str] = field(default_factory=list)
+    chunk_count: int = 0
+    chunk_size: int = 0
+    legacy: bool = False  # read from a .dat: sums are (mean * ncall) and counts are [ncall]
+
+    def flat(self) -> "Imatrix":
+        """The same entries with importance 1.0 everywhere: a baseline that weighs every column equally."""
+        entries = {n: ImatrixEntry(np.ones_like(e.sums), np.ones_like(e.counts)) for n, e in self.entries.items()}
+        return Imatrix(entries, ["flat"], self.chunk_count, self.chunk_size)
+
+    def means(self) -> dict[str, np.ndarray]:
+        """Per-column importance as quantize.cpp passes it to llama_model_quantize: flat float32, expert-major."""
+        out = {}
+        for name, e in self.entries.items():
+            counts = e.counts.astype(np.float64)[:, None]
+            sums = e.sums.astype(np.float32).astype(np.float64)  # as stored in the file, so both paths agree
+            mean = np.where(counts > 0, sums / np.where(counts > 0, counts, 1), 1.0)
+            if self.legacy and not (e.counts > 0).all():  # quantize.cpp: legacy values with ncall 0 pass as they are
+                mean = e.sums
+            out[name] = np.ascontiguousarray(mean, dtype=np.float32).reshape(-1)
+        return out
+
+
+# -- reading ------------------------------------------------------------------------------------------
+def read_imatrix(path: Path | str) -> Imatrix:
+    """An importance matrix from a GGUF (ggtool's or llama-imatrix's) or legacy .dat file."""
+    path = Path(path)
+    if not path.is_file():
+        raise GgtoolError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"GGUF":
+        return _read_gguf(path)
+    return _read_legacy(path)
+
+
+def _read_gguf(path: Path) -> Imatrix:
+    try:
+        r = gguf.GGUFReader(path)
+    except Exception as e:  # noqa: BLE001 - truncated or malformed: one line
+        raise GgtoolError(f"{path}: not a readable GGUF imatrix ({e})") from None
+
+    def value(key: str):
+        f = r.get_field(key)
+        return None if f is None else f.contents()
+
+    if value(gguf.Keys.General.TYPE) not in (None, gguf.GGUFType.IMATRIX) or value(gguf.Keys.General.ARCHITECTURE):
+        raise GgtoolError(f"{path}: is a model, not an importance matrix",
+                          f"make one with `ggtool imatrix {path} -o imatrix.gguf`")
+    missing = [k for k in (gguf.Keys.IMatrix.DATASETS, gguf.Keys.IMatrix.CHUNK_COUNT, gguf.Keys.IMatrix.CHUNK_SIZE)
+               if r.get_field(k) is None]
+    if missing:  # quantize.cpp refuses such files ("missing imatrix metadata")
+        raise GgtoolError(f"{path}: imatrix metadata missing: {', '.join(missing)}")
+    sums, counts = {}, {}
+    for t in r.tensors:
+        if t.tensor_type != gguf.GGMLQuantizationType.F32:
+            raise GgtoolError(f"{path}: tensor {t.name} is {t.tensor_type.name}, imatrix tensors must be F32")
+        data = np.array(t.data, dtype=np.float32)
+        n_mat = int(t.shape[1]) if len(t.shape) > 1 else 1
+        if t.name.endswith(".in_sum2"):
+            sums[t.name[: -len(".in_sum2")]] = data.reshape(n_mat, -1).astype(np.float64)
+        elif t.name.endswith(".counts"):
+            counts[t.name[: -len(".counts")]] = np.rint(data.reshape(-1)).astype(np.int64)
+    if not sums:
+        raise GgtoolError(f"{path}: no data in the importance matrix")
+    entries = {}
+    for name in sorted(set(sums) | set(counts)):
+        if name not in sums or name not in counts or counts[name].size != sums[name].shape[0]:
+            raise GgtoolError(f"{path}: mismatched sums and counts for {name}")
+        entries[name] = ImatrixEntry(sums[name], counts[name])
+    return Imatrix(entries, [str(d) for d in (value(gguf.Keys.IMatrix.DATASETS) or [])],
+                   int(value(gguf.Keys.IMatrix.CHUNK_COUNT)), int(value(gguf.Keys.IMatrix.CHUNK_SIZE)))
+
+
+def _read_legacy(path: Path) -> Imatrix:
+    raw = path.read_bytes()
+    pos = 0
+
+    def take(fmt: str):
+        nonlocal pos
+        size = struct.calcsize(fmt)
+        if pos + size > len(raw):
+            raise GgtoolError(f"{path}: neither a GGUF nor a complete legacy imatrix (.dat) file",
+                              "make one with `ggtool imatrix MODEL.gguf -o imatrix.gguf`")
+        out = struct.unpack_from(fmt, raw, pos)
+        pos += size
+        return out
+
+    (n_entries,) = take("<i")
+    if n_entries < 1 or n_entries > 1_000_000:
+        raise GgtoolError(f"{path}: not an importance matrix (neither GGUF nor legacy .dat)",
+                          "make one with `ggtool imatrix MODEL.gguf -o imatrix.gguf`")
+    entries = {}
+    for _ in range(n_entries):
+        (length,) = take("<i")
+        if not 0 < length < 4096:
+            raise GgtoolError(f"{path}: not an importance matrix (bad entry name length {length})")
+        name = bytes(take(f"<{length}s")[0]).decode("utf-8", "replace")
+        ncall, nval = take("<ii")
+        if nval < 1:
+            raise GgtoolError(f"{path}: entry {name} has no values")
+        values = np.array(take(f"<{nval}f"), dtype=np.float64)
+        entries[name] = ImatrixEntry(values[None, :], np.array([ncall], dtype=np.int64))
+    chunk_count, datasets = 0, []
+    if pos < len(raw):  # optional trailer: chunk count and dataset name
+        (chunk_count,) = take("<i")
+        if pos + 4 <= len(raw):
+            (length,) = take("<i")
+            if length > 0:
+                datasets.append(bytes(take(f"<{length}s")[0]).decode("utf-8", "replace"))
+    return Imatrix(dict(sorted(entries.items())), datasets, chunk_count, 0, legacy=True)
+
+
+# -- writing ------------------------------------------------------------------------------------------
+def write_imatrix(im: Imatrix, dest: Path | str) -> Path:
+    """Write `im` as llama-imatrix's GGUF (sorted names, raw sums and counts), atomically."""
+    dest = Path(dest)
+    _check_dest(dest)
+    with atomic_output(dest) as tmp:
+        w = gguf.GGUFWriter(tmp, arch="imatrix")
+        del w.kv_data[0][gguf.Keys.General.ARCHITECTURE]  # llama-imatrix's files have no architecture
+        w.add_type(gguf.GGUFType.IMATRIX)
+        w.add_array(gguf.Keys.IMatrix.DATASETS, list(im.datasets))
+        w.add_uint32(gguf.Keys.IMatrix.CHUNK_COUNT, int(im.chunk_count))
+        w.add_uint32(gguf.Keys.IMatrix.CHUNK_SIZE, int(im.chunk_size))
+        for name in sorted(im.entries):
+            e = im.entries[name]
+            w.add_tensor(f"{name}.in_sum2", np.ascontiguousarray(e.sums, dtype=np.float32))
+            w.add_tensor(f"{name}.counts", e.counts.astype(np.float32).reshape(-1, 1))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    return dest
+
+
+def write_legacy(im: Imatrix, dest: Path | str) -> Path:
+    """Write `im` in llama-imatrix's legacy .dat format (`--output-format dat`), atomically."""
+    dest = Path(dest)
+    _check_dest(dest)
+    chunk_size = im.chunk_size or DEFAULT_CHUNK_SIZE
+    out = bytearray()
+    stored = [n for n in sorted(im.entries) if im.legacy or (im.entries[n].counts > 0).any()]
+    out += struct.pack("<i", len(stored))
+    for name in stored:
+        e = im.entries[name]
+        if im.legacy:
+            ncall, values = int(e.counts[0]), e.sums.reshape(-1)
+        else:
+            ncall = int((e.counts.max() + chunk_size - 1) // chunk_size)
+            counts = e.counts.astype(np.float64)[:, None]
+            mean = np.where(counts > 0, e.sums / np.where(counts > 0, counts, 1), 1.0)
+            values = (mean * ncall).reshape(-1)
+        nb = name.encode()
+        out += struct.pack("<i", len(nb)) + nb + struct.pack("<ii", ncall, values.size)
+        out += values.astype("<f4").tobytes()
+    dataset = (im.datasets[-1] if im.datasets else "").encode()
+    out += struct.pack("<ii", int(im.chunk_count), len(dataset)) + dataset
+    with atomic_output(dest) as tmp:
+        tmp.write_bytes(bytes(out))
+    return dest
+
+
+def _check_dest(dest: Path) -> None:
+    if not dest.parent.is_dir():
+        raise GgtoolError(f"{dest.parent}: output folder does not exist", "create it first or choose another -o")
+    if dest.is_dir():
+        raise GgtoolError(f"{dest}: is a folder", "pass a file name such as imatrix.gguf")
+
+
+# -- merging and checking -----------------------------------------------------------------------------
+def merge(matrices: list[Imatrix], chunk_size: int | None = None) -> Imatrix:
+    """Several importance matrices as one, as llama-imatrix --in-file does: raw sums and counts add up
+    (legacy files are turned back into raw form by multiplying by the chunk size)."""
+    if not matrices:
+        raise GgtoolError("no importance matrices to merge")
+    size = chunk_size or next((m.chunk_size for m in matrices if m.chunk_size), DEFAULT_CHUNK_SIZE)
+    entries: dict[str, ImatrixEntry] = {}
+    datasets: list[str] = []
+    for m in matrices:
+        for name, e in m.entries.items():
+            sums, counts = (e.sums * size, e.counts * size) if m.legacy else (e.sums, e.counts)
+            if name not in entries:
+                entries[name] = ImatrixEntry(sums.copy(), counts.copy())
+                continue
+            have = entries[name]
+            if have.sums.size != sums.size:
+                raise GgtoolError(f"cannot merge: {name} has {sums.size} values in one file and {have.sums.size} "
+                                  "in another", "the importance matrices come from different models")
+            if have.counts.size == 1 and counts.size > 1:  # an older file's single count, broadcast per expert
+                have = entries[name] = ImatrixEntry(have.sums.reshape(counts.size, -1),
+                                                    np.repeat(have.counts, counts.size))
+            elif counts.size == 1 and have.counts.size > 1:
+                counts = np.repeat(counts, have.counts.size)
+            have.sums += sums.reshape(have.sums.shape)
+            have.counts += counts
+        datasets += m.datasets
+    max_count = max((int(e.counts.max()) for e in entries.values()), default=0)
+    return Imatrix(dict(sorted(entries.items())), datasets, max_count // size, size)
+
+
+def open_gguf(path: Path | str) -> gguf.GGUFReader:
+    """gguf-py's reader for a model file, with one clear message for a missing, foreign or truncated file."""
+    path = Path(path)
+    if not path.is_file():
+        raise GgtoolError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise GgtoolError(f"{path}: not a GGUF file", "pass a .gguf model, e.g. one made by `ggtool convert`")
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as e:  # noqa: BLE001 - gguf-py fails in many ways on a cut-off file
+        raise GgtoolError(f"{path}: truncated or damaged GGUF file ({type(e).__name__}: {e})",
+                          "copy or convert it again") from None
+
+
+def model_tensors(model: Path | str) -> dict[str, tuple[int, ...]]:
+    """Weight shapes (ne order) of a GGUF model, for checking an imatrix against it."""
+    return {t.name: tuple(int(x) for x in t.shape) for t in open_gguf(model).tensors}
+
+
+def check_matches(im: Imatrix, shapes: dict[str, tuple[int, ...]], im_label: str, model_label: str) -> None:
+    """Refuse an importance matrix made for another model: an unknown tensor, or a size that does not fit."""
+    for name, e in im.entries.items():
+        if name not in shapes:
+            raise GgtoolError(f"{im_label}: has data for {name}, which {model_label} does not have",
+                              "the importance matrix was made for a different model")
+        ne = shapes[name]
+        need = ne[0] * (ne[2] if len(ne) > 2 else 1)
+        if e.sums.size != need:
+            raise GgtoolError(f"{im_label}: {name} has {e.sums.size} values, {model_label} needs {need}",
+                              "the importance matrix was made for a different model")
+
+
+@dataclass
+class CoverageRow:
+    """One expert tensor's routing coverage."""
+
+    tensor: str
+    n_experts: int
+    unrouted: list[int]  # experts with count 0
+    min_count: int
+    max_count: int
+
+
+UNROUTED_NOTE = ("experts never routed to get importance 1.0 for every column (as llama-quantize does), "
+                 "so they are quantized unweighted, as without an importance matrix")
+
+
+def coverage(im: Imatrix) -> list[CoverageRow]:
+    """Per-expert coverage of every 3-D (expert) entry, in name order."""
+    rows = []
+    for name, e in sorted(im.entries.items()):
+        if e.n_mat > 1:
+            rows.append(CoverageRow(name, e.n_mat, [int(i) for i in np.nonzero(e.counts == 0)[0]],
+                                    int(e.counts.min()), int(e.counts.max())))
+    return rows
+
+
+# -- collecting ---------------------------------------------------------------------------------------
+@dataclass
+class ImatrixResult:
+    """What `ggtool imatrix` did."""
+
+    dest: Path
+    n_tokens: int
+    n_chunks: int
+    chunk_size: int
+    n_entries: int
+    coverage: list[CoverageRow]
+    seconds: float
+
+
+def read_conversations(path: Path) -> list[list[dict]]:
+    """The conversations of a jsonl file with one {"messages": [...]} per line."""
+    convs = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            messages = json.loads(line)["messages"]
+            if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            raise GgtoolError(f"{path}:{i}: expected a JSON object "
+                              '{"messages": [{"role": ..., "content": ...}, ...]}') from None
+        convs.append(messages)
+    if not convs:
+        raise GgtoolError(f"{path}: no conversations")
+    return convs
+
+
+def calibration_tokens(model, files: list[Path], chat: bool) -> list[int]:
+    """Token ids of the calibration files: plain text as is, or (chat) conversations rendered through the
+    GGUF's own chat template and tokenized with special tokens parsed."""
+    from .templates import render_chat
+
+    ids: list[int] = []
+    for path in files:
+        if not path.is_file():
+            raise GgtoolError(f"{path}: no such file")
+        if not chat:
+            # as llama-imatrix: BOS (and EOS) only if the vocabulary adds them
+            ids += model.tokenize(path.read_text(encoding="utf-8", errors="replace"), add_special=True)
+            continue
+        template = model.meta("tokenizer.chat_template")
+        if not template:
+            raise GgtoolError(f"{model.path}: has no tokenizer.chat_template", "calibrate without --chat")
+        bos, eos = (_special_text(model, k) for k in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"))
+        for messages in read_conversations(path):
+            text = render_chat(template, messages, bos_token=bos, eos_token=eos, add_generation_prompt=False)
+            ids += model.tokenize(text, add_special=False, parse_special=True)
+    return ids
+
+
+def _special_text(model, key: str) -> str:
+    value = model.meta(key)
+    return model.piece(int(value), special=True).decode("utf-8", "replace") if value else ""
+
+
+def make_chunks(ids: list[int], chunk_size: int, bos: int | None) -> list[list[int]]:
+    """Whole chunks of `chunk_size` tokens; with `bos` (the vocabulary adds BOS) each chunk's first token is
+    replaced by BOS, exactly as llama-imatrix and llama-perplexity do."""
+    chunks = [ids[i * chunk_size:(i + 1) * chunk_size] for i in range(len(ids) // chunk_size)]
+    if bos is not None:
+        for c in chunks:
+            c[0] = bos
+    return chunks
+
+
+def collect(model_path: Path | str, files: list[Path], dest: Path | str, chunk_size: int = DEFAULT_CHUNK_SIZE,
+            chat: bool = False, max_chunks: int | None = None, in_files: list[Path] = (), legacy: bool = False,
+            n_threads: int = 0, progress: Callable[[int, int], None] | None = None) -> ImatrixResult:
+    """Run the calibration files through llama.cpp and write the importance matrix to `dest` (GGUF, or the
+    legacy .dat format), added to the importance matrices of `in_files` if given, as llama-imatrix --in-file."""
+    from .llama.imatrix import ImatrixCollector, adds_bos, bos_token, evaluate_chunks
+    from .llama.model import LlamaModel
+    from .run import require_runnable
+
+    t0 = time.perf_counter()
+    model_path, dest = Path(model_path), Path(dest)
+    _check_dest(dest)
+    if dest.exists() and dest.resolve() == model_path.resolve():
+        raise GgtoolError(f"{dest}: is the model", "choose another -o")
+    if not files and not in_files:
+        raise GgtoolError("no calibration text", "pass one or more -f FILE")
+    if chunk_size < 16:
+        raise GgtoolError(f"--chunk-size {chunk_size} is too small", "use at least 16 tokens (512 is usual)")
+    if not model_path.is_file():
+        raise GgtoolError(f"{model_path}: no such file")
+    shapes = model_tensors(model_path)  # a clear message for a file that is not a GGUF at all
+    earlier = [read_imatrix(f) for f in in_files]
+    for f, m in zip(in_files, earlier):
+        check_matches(m, shapes, str(f), str(model_path))
+    require_runnable(model_path, "calibrate")
+    chunks: list[list[int]] = []
+    parts = list(earlier)
+    if files:
+        with LlamaModel(model_path) as model:
+            ids = calibration_tokens(model, [Path(f) for f in files], chat)
+            chunks = make_chunks(ids, chunk_size, bos_token(model) if adds_bos(model) else None)
+            if max_chunks:
+                chunks = chunks[:max_chunks]
+            if not chunks:
+                raise GgtoolError(f"the calibration text has {len(ids)} tokens, fewer than one chunk of {chunk_size}",
+                                  "give more text or a smaller --chunk-size")
+            collector = ImatrixCollector()
+            evaluate_chunks(model, chunks, collector, n_threads=n_threads, progress=progress)
+        entries = {name: ImatrixEntry(a.sums, a.counts) for name, a in sorted(collector.stats.items())}
+        parts.append(Imatrix(entries, [str(f) for f in files], len(chunks), chunk_size))
+    im = parts[0] if len(parts) == 1 and not parts[0].legacy else merge(parts, chunk_size)
+    (write_legacy if legacy else write_imatrix)(im, dest)
+    return ImatrixResult(dest, sum(len(c) for c in chunks), len(chunks), chunk_size, len(im.entries), coverage(im),
+                         time.perf_counter() - t0)

@@ -1,0 +1,180 @@
+"""`ggtool eval`: what quantization costs, measured against the base model with llama.cpp's own logits.
+
+Like llama-perplexity (and its --kl-divergence mode): the held-out text is cut into chunks of n_ctx
+tokens, each decoded as a fresh sequence (BOS in the first position when the vocabulary asks for it),
+and only the second half of each chunk is scored, so every scored token has at least n_ctx/2 tokens of
+context. Per scored position: the variant's negative log-likelihood of the true next token (perplexity),
+KL(base ‖ variant) over the whole vocabulary, and whether the two argmax tokens agree. The base model's
+log-probabilities are computed once and kept in a temporary memory-mapped file, one chunk in memory at
+a time, so long texts with large vocabularies do not need all logits in RAM.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import gguf
+import numpy as np
+
+from .errors import GgtoolError
+
+DEFAULT_HELDOUT = Path(__file__).resolve().parent.parent / "imatrix_data" / "heldout.txt"
+
+
+@dataclass
+class VariantQuality:
+    """One variant's measurements (the keys of the shared quality-JSON contract)."""
+
+    file: str
+    type: str
+    size_bytes: int
+    bpw: float
+    ppl: float
+    kl_mean: float
+    kl_p99: float
+    top1: float
+
+
+@dataclass
+class EvalReport:
+    """The base model, the text, and one row per variant."""
+
+    base: str
+    text: str
+    n_tokens: int  # scored positions
+    variants: list[VariantQuality] = field(default_factory=list)
+    base_ppl: float = float("nan")
+    base_type: str = ""
+    base_size_bytes: int = 0
+    base_bpw: float = float("nan")
+
+    def to_json(self) -> dict:
+        """The quality JSON: {"base", "text", "n_tokens", "variants": [...]} plus the base's own figures."""
+        return {"base": self.base, "text": self.text, "n_tokens": self.n_tokens,
+                "variants": [asdict(v) for v in self.variants], "base_ppl": self.base_ppl,
+                "base_type": self.base_type, "base_size_bytes": self.base_size_bytes, "base_bpw": self.base_bpw}
+
+    def write_json(self, dest: Path | str) -> Path:
+        from . import families  # noqa: F401 - gguf_out and the families import each other: families first
+        from .gguf_out import atomic_output
+
+        dest = Path(dest)
+        with atomic_output(dest) as tmp:
+            tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        return dest
+
+
+@dataclass
+class FileFacts:
+    type: str
+    size_bytes: int
+    bpw: float
+
+
+def file_facts(path: Path) -> FileFacts:
+    """File type name, size and bits per weight (8 × tensor bytes / parameters, both counted from the GGUF)."""
+    from .imatrix import open_gguf
+    from .quantize import FTYPE_NAMES
+
+    r = open_gguf(path)
+    field_ = r.get_field(gguf.Keys.General.FILE_TYPE)
+    ftype = int(field_.contents()) if field_ is not None else -1
+    n_bytes = sum(int(t.n_bytes) for t in r.tensors)
+    n_params = sum(int(t.n_elements) for t in r.tensors)
+    return FileFacts(FTYPE_NAMES.get(ftype, f"ftype {ftype}"), path.stat().st_size,
+                     8 * n_bytes / n_params if n_params else float("nan"))
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True, dtype=np.float64)).astype(np.float32)
+
+
+def _chunks(model, text: str, n_ctx: int, max_chunks: int | None) -> list[list[int]]:
+    from .llama.imatrix import adds_bos, bos_token
+
+    from .imatrix import make_chunks
+
+    ids = model.tokenize(text, add_special=True)  # as llama-perplexity
+    # as llama-perplexity: each chunk's first token becomes BOS if the vocabulary adds one
+    chunks = make_chunks(ids, n_ctx, bos_token(model) if adds_bos(model) else None)
+    if max_chunks:
+        chunks = chunks[:max_chunks]
+    if not chunks:
+        raise GgtoolError(f"the held-out text has {len(ids)} tokens, fewer than one chunk of {n_ctx}",
+                          "give a longer text or a smaller --ctx")
+    return chunks
+
+
+def evaluate(base: Path | str, variants: list[Path | str], text_file: Path | str | None = None, n_ctx: int = 512,
+             max_chunks: int | None = None, n_threads: int = 0,
+             progress: Callable[[str, int, int], None] | None = None) -> EvalReport:
+    """Perplexity, KL divergence from `base` (mean and 99th percentile) and top-1 agreement of each variant."""
+    from .llama.model import ContextOptions, LlamaModel
+    from .run import require_runnable
+
+    base = Path(base)
+    paths = [Path(v) for v in variants]
+    text_path = Path(text_file) if text_file else DEFAULT_HELDOUT
+    if not text_path.is_file():
+        raise GgtoolError(f"{text_path}: no such file", "pass the held-out text with -f FILE")
+    if n_ctx < 8:
+        raise GgtoolError(f"--ctx {n_ctx} is too small", "use at least 8 (512 is usual)")
+    facts = {}
+    for p in [base, *paths]:
+        if not p.is_file():
+            raise GgtoolError(f"{p}: no such file")
+        facts[p] = file_facts(p)
+        require_runnable(p, "evaluate")
+    text = text_path.read_text(encoding="utf-8", errors="replace")
+    opts = ContextOptions(n_ctx=n_ctx, n_batch=n_ctx, n_threads=n_threads, flash_attn=None)  # as llama-perplexity
+    first = n_ctx // 2
+    scored = n_ctx - 1 - first  # positions first .. n_ctx-2 predict tokens first+1 .. n_ctx-1
+
+    with tempfile.TemporaryDirectory(prefix="ggtool-eval-") as tmpdir:
+        with LlamaModel(base) as model:
+            chunks = _chunks(model, text, n_ctx, max_chunks)
+            n_vocab = model.n_vocab
+            n = len(chunks) * scored
+            base_logp = np.lib.format.open_memmap(Path(tmpdir) / "base.npy", mode="w+", dtype=np.float32,
+                                                  shape=(n, n_vocab))
+            base_top = np.empty(n, dtype=np.int64)
+            base_nll = np.empty(n)
+            for i, c in enumerate(chunks):
+                logp = _log_softmax(model.logits(c, opts)[first:n_ctx - 1])
+                rows = slice(i * scored, (i + 1) * scored)
+                base_logp[rows] = logp
+                base_top[rows] = logp.argmax(axis=1)
+                base_nll[rows] = -logp[np.arange(scored), c[first + 1:]]
+                if progress:
+                    progress(base.name, i + 1, len(chunks))
+        bf = facts[base]
+        report = EvalReport(str(base), str(text_path), n, base_ppl=float(np.exp(base_nll.mean())),
+                            base_type=bf.type, base_size_bytes=bf.size_bytes, base_bpw=bf.bpw)
+        for path in paths:
+            kl = np.empty(n)
+            nll = np.empty(n)
+            agree = np.empty(n, dtype=bool)
+            with LlamaModel(path) as model:
+                if model.n_vocab != n_vocab:
+                    raise GgtoolError(f"{path}: vocabulary of {model.n_vocab} tokens, the base has {n_vocab}",
+                                      "compare variants of the same model")
+                for i, c in enumerate(chunks):
+                    logq = _log_softmax(model.logits(c, opts)[first:n_ctx - 1])
+                    rows = slice(i * scored, (i + 1) * scored)
+                    logp = np.asarray(base_logp[rows])
+                    kl[rows] = np.maximum((np.exp(logp) * (logp - logq)).sum(axis=1, dtype=np.float64), 0.0)
+                    nll[rows] = -logq[np.arange(scored), c[first + 1:]]
+                    agree[rows] = logq.argmax(axis=1) == base_top[rows]
+                    if progress:
+                        progress(path.name, i + 1, len(chunks))
+            f = facts[path]
+            report.variants.append(VariantQuality(str(path), f.type, f.size_bytes, f.bpw, float(np.exp(nll.mean())),
+                                                  float(kl.mean()), float(np.percentile(kl, 99)),
+                                                  float(agree.mean())))
+        del base_logp
+    return report

@@ -1,0 +1,200 @@
+"""`ggtool quantize`: llama.cpp's quantization recipes (llama_model_quantize), calibrated with an importance matrix.
+
+Everything numerical is llama.cpp's; ggtool checks the inputs first (so bad input fails before any
+work, with one message), passes the importance matrix and the overrides exactly as llama-quantize does
+(so the files are byte-identical to llama-quantize's), names outputs by llama.cpp's convention and
+writes each through a temporary file.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import gguf
+
+from . import families  # noqa: F401 - gguf_out and the families import each other: families first
+from .errors import GgtoolError
+from .gguf_out import atomic_output
+from .imatrix import Imatrix, check_matches, model_tensors, open_gguf, read_imatrix
+
+# llama-quantize's names (tools/quantize/quantize.cpp QUANT_OPTIONS), COPY left out
+_NAMES = ["Q4_0", "Q4_1", "MXFP4_MOE", "Q5_0", "Q5_1", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M",
+          "TQ1_0", "TQ2_0", "Q2_K", "Q2_K_S", "IQ3_XXS", "IQ3_S", "IQ3_M", "IQ3_XS", "Q3_K_S", "Q3_K_M", "Q3_K_L",
+          "IQ4_NL", "IQ4_XS", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0", "F16", "BF16", "F32", "Q1_0"]
+FTYPES: dict[str, int] = {n: int(gguf.LlamaFileType["ALL_F32" if n == "F32" else f"MOSTLY_{n}"]) for n in _NAMES
+                          if ("ALL_F32" if n == "F32" else f"MOSTLY_{n}") in gguf.LlamaFileType.__members__}
+ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
+FTYPE_NAMES = {v: k for k, v in FTYPES.items()}
+
+# ftypes whose recipe quantizes some tensor to a type llama.cpp refuses to make without an importance matrix
+# (IQ1_S/IQ1_M/IQ2_XXS/IQ2_XS/IQ2_S/IQ3_XXS targets; Q2_K inside Q2_K_S)
+NEEDS_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S"}
+TYPES_NEEDING_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS"}  # tensor types, for overrides
+
+DEFAULT_TYPES = ["IQ2_M", "IQ3_M", "Q3_K_M", "Q4_K_M"]
+
+
+def ftype_name(name: str) -> str:
+    """llama-quantize's canonical name for a type given in any case (aliases resolved)."""
+    key = name.strip().upper()
+    key = ALIASES.get(key, key)
+    if key not in FTYPES:
+        raise GgtoolError(f"unknown quantization type {name!r}", f"choose from {', '.join(FTYPES)}")
+    return key
+
+
+@dataclass
+class TensorType:
+    """One --tensor-type REGEX=TYPE: the regex lower-cased (as llama-quantize does) and a ggml type."""
+
+    pattern: str
+    type_name: str
+    ggml_type: int
+
+
+def parse_tensor_type(spec: str) -> TensorType:
+    """REGEX=TYPE as llama-quantize's --tensor-type parses it."""
+    pattern, sep, type_name = spec.partition("=")
+    if not sep or not pattern or not type_name:
+        raise GgtoolError(f"--tensor-type {spec!r}: expected REGEX=TYPE", "e.g. --tensor-type 'ffn_down_exps=Q6_K'")
+    pattern = pattern.lower()
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise GgtoolError(f"--tensor-type {spec!r}: bad regular expression ({e})") from None
+    try:
+        qtype = gguf.GGMLQuantizationType[type_name.strip().upper()]
+    except KeyError:
+        names = ", ".join(t.name for t in gguf.GGMLQuantizationType)
+        raise GgtoolError(f"--tensor-type {spec!r}: unknown tensor type {type_name!r}",
+                          f"choose from {names}") from None
+    return TensorType(pattern, qtype.name, int(qtype))
+
+
+def output_name(model: Path | str, type_name: str) -> str:
+    """llama.cpp's file name for a quantized model: <Basename>-<SizeLabel>-<TYPE>.gguf (gguf-py's convention)."""
+    r = open_gguf(model)
+
+    def value(key: str) -> str | None:
+        f = r.get_field(key)
+        return str(f.contents()) if f is not None else None
+
+    name = gguf.naming_convention(value(gguf.Keys.General.NAME), value(gguf.Keys.General.BASENAME),
+                                  value(gguf.Keys.General.FINETUNE), value(gguf.Keys.General.VERSION),
+                                  value(gguf.Keys.General.SIZE_LABEL), type_name)
+    return f"{name}.gguf"
+
+
+@dataclass
+class QuantizedVariant:
+    """One written variant."""
+
+    type: str
+    path: Path
+    size_bytes: int
+    seconds: float
+    imatrix: str | None  # the importance matrix's label (file name), if one was used
+
+
+def imatrix_kv_overrides(im: Imatrix, label: str, n_entries: int) -> list[tuple[str, str | int]]:
+    """The metadata llama-quantize adds for an importance matrix (quantize.imatrix.*)."""
+    kvs: list[tuple[str, str | int]] = [("quantize.imatrix.file", label)]
+    if im.datasets:
+        kvs.append(("quantize.imatrix.dataset", im.datasets[0]))
+    kvs.append(("quantize.imatrix.entries_count", n_entries))
+    if im.chunk_count > 0:
+        kvs.append(("quantize.imatrix.chunks_count", im.chunk_count))
+    return kvs
+
+
+def _check_model(model: Path) -> dict[str, tuple[int, ...]]:
+    from .run import require_runnable
+
+    if not model.is_file():
+        raise GgtoolError(f"{model}: no such file")
+    shapes = model_tensors(model)
+    require_runnable(model, "quantize")
+    return shapes
+
+
+def _load_imatrix(imatrix: Path | str | Imatrix | None, shapes: dict, model: Path) -> tuple[Imatrix | None, str | None]:
+    if imatrix is None:
+        return None, None
+    im, label = (imatrix, "imatrix") if isinstance(imatrix, Imatrix) else (read_imatrix(imatrix), str(imatrix))
+    check_matches(im, shapes, label, str(model))
+    return im, label
+
+
+def _refuse_without_imatrix(type_name: str, tensor_types: list[TensorType], model: Path) -> None:
+    needing = [type_name] if type_name in NEEDS_IMATRIX else []
+    needing += [t.type_name for t in tensor_types if t.type_name in TYPES_NEEDING_IMATRIX]
+    if needing:
+        raise GgtoolError(f"{needing[0]} needs an importance matrix",
+                          f"make one with `ggtool imatrix {model} -o imatrix.gguf` and pass --imatrix imatrix.gguf")
+
+
+def quantize_one(model: Path | str, dest: Path | str, type_name: str, imatrix: Path | str | Imatrix | None = None,
+                 tensor_types: list[str] | list[TensorType] = (), imatrix_label: str | None = None,
+                 nthread: int = 0) -> QuantizedVariant:
+    """Quantize `model` to `dest` with llama.cpp's recipe for `type_name` (e.g. IQ3_M), atomically."""
+    model, dest = Path(model), Path(dest)
+    type_name = ftype_name(type_name)
+    tts = [t if isinstance(t, TensorType) else parse_tensor_type(t) for t in tensor_types]
+    shapes = _check_model(model)
+    im, label = _load_imatrix(imatrix, shapes, model)
+    if im is None:
+        _refuse_without_imatrix(type_name, tts, model)
+    return _quantize(model, dest, type_name, im, imatrix_label or label, tts, nthread)
+
+
+def _quantize(model: Path, dest: Path, type_name: str, im: Imatrix | None, label: str | None,
+              tts: list[TensorType], nthread: int) -> QuantizedVariant:
+    from .llama.quantize import quantize_file
+
+    if not dest.parent.is_dir():
+        raise GgtoolError(f"{dest.parent}: output folder does not exist", "create it first or choose another -o")
+    if dest.exists() and dest.resolve() == model.resolve():
+        raise GgtoolError(f"{dest}: is the input model", "choose another output folder")
+    t0 = time.perf_counter()
+    means = im.means() if im is not None else None
+    kvs = imatrix_kv_overrides(im, label or "imatrix", len(means)) if im is not None else []
+    with atomic_output(dest) as tmp:
+        quantize_file(model, tmp, FTYPES[type_name], means, [(t.pattern, t.ggml_type) for t in tts], kvs, nthread)
+    return QuantizedVariant(type_name, dest, dest.stat().st_size, time.perf_counter() - t0, label)
+
+
+def quantize(model: Path | str, out_dir: Path | str, types: list[str] = DEFAULT_TYPES,
+             imatrix: Path | str | Imatrix | None = None, tensor_types: list[str] = (), nthread: int = 0,
+             progress: Callable[[str, int, int, QuantizedVariant | None], None] | None = None
+             ) -> list[QuantizedVariant]:
+    """Every type in `types` from `model` into `out_dir`, named <Basename>-<SizeLabel>-<TYPE>.gguf.
+
+    All inputs are checked before the first variant is written; `progress(type, i, n, variant)` is called
+    before (variant None) and after each one.
+    """
+    model, out_dir = Path(model), Path(out_dir)
+    names = [ftype_name(t) for t in types]
+    if not names:
+        raise GgtoolError("no quantization types given", f"e.g. --types {','.join(DEFAULT_TYPES)}")
+    tts = [parse_tensor_type(t) for t in tensor_types]
+    shapes = _check_model(model)
+    im, label = _load_imatrix(imatrix, shapes, model)
+    if im is None:
+        for n in names:
+            _refuse_without_imatrix(n, tts, model)
+    if not out_dir.parent.is_dir():
+        raise GgtoolError(f"{out_dir.parent}: folder does not exist", "create it first or choose another -o")
+    out_dir.mkdir(exist_ok=True)
+    done = []
+    for i, n in enumerate(names):
+        if progress:
+            progress(n, i, len(names), None)
+        v = _quantize(model, out_dir / output_name(model, n), n, im, label, tts, nthread)
+        done.append(v)
+        if progress:
+            progress(n, i, len(names), v)
+    return done

@@ -1,0 +1,74 @@
+"""Corrupted and truncated GGUF headers through `inspect` and `plan`: a clear error or a result, no crash, no hang."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ggtool.errors import GgtoolError
+from ggtool.inspect import inspect
+from ggtool.plan.memory import Device, read_gguf
+from ggtool.plan.search import Budget, plan
+
+
+@pytest.fixture(scope="session")
+def small_gguf(olmoe_checkpoint, tmp_path_factory) -> Path:
+    from ggtool.convert import convert
+
+    return convert(olmoe_checkpoint, tmp_path_factory.mktemp("fuzz") / "q8.gguf", "q8_0").dest
+
+
+def header_size(path: Path) -> int:
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    return min(t.data_offset for t in reader.tensors)
+
+
+def mutants(path: Path, n: int, seed: int = 0):
+    data = path.read_bytes()
+    head = header_size(path)
+    rng = random.Random(seed)
+    for i in range(n):
+        buf = bytearray(data)
+        kind = i % 3
+        if kind == 0:  # flip a few bytes anywhere in the header (magic, counts, lengths, types, offsets)
+            for _ in range(rng.randint(1, 4)):
+                buf[rng.randrange(head)] = rng.randrange(256)
+        elif kind == 1:  # a huge little-endian count or length at a random header position
+            pos = rng.randrange(head - 8)
+            buf[pos:pos + 8] = rng.choice([b"\xff" * 8, bytes(7) + b"\x80", b"\xff\xff\xff\x7f" + bytes(4)])
+        else:  # truncated: inside the header or inside the tensor data
+            buf = buf[:rng.choice([rng.randrange(head), rng.randrange(head, len(buf))])]
+        yield bytes(buf)
+
+
+def test_mutated_headers_give_clear_errors(small_gguf, tmp_path):
+    budget = Budget([Device("GPU0", 1 << 30)], 6 << 30)
+    n_errors = 0
+    for i, blob in enumerate(mutants(small_gguf, 30)):
+        bad = tmp_path / f"m{i}.gguf"
+        bad.write_bytes(blob)
+        for action in (lambda: inspect(bad), lambda: plan(read_gguf(bad), budget, 512)):
+            try:
+                action()
+            except GgtoolError as e:
+                n_errors += 1
+                assert str(bad) in str(e)
+        bad.unlink()
+    assert n_errors > 10  # most mutations must be noticed
+
+
+def test_cli_on_corrupted_files_no_traceback_no_hang(small_gguf, tmp_path):
+    for i, blob in enumerate(list(mutants(small_gguf, 3, seed=7))):
+        bad = tmp_path / f"c{i}.gguf"
+        bad.write_bytes(blob)
+        for args in (["inspect", bad, "--no-tensors"], ["plan", bad, "--ram", "6GiB", "--vram", "1GiB"]):
+            proc = subprocess.run([sys.executable, "-m", "ggtool.cli", *map(str, args)], capture_output=True,
+                                  text=True, timeout=60)  # a hang fails the test
+            assert proc.returncode in (0, 1), proc.stderr
+            assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
