@@ -23,6 +23,7 @@ import numpy as np
 
 from . import families  # noqa: F401 - gguf_out and the families import each other: families first
 from .errors import GgtoolError
+from .gguf_in import open_gguf
 from .gguf_out import atomic_output
 
 DEFAULT_CHUNK_SIZE = 512  # llama-imatrix's default n_ctx
@@ -244,21 +245,6 @@ def merge(matrices: list[Imatrix], chunk_size: int | None = None) -> Imatrix:
         datasets += m.datasets
     max_count = max((int(e.counts.max()) for e in entries.values()), default=0)
     return Imatrix(dict(sorted(entries.items())), datasets, max_count // size, size)
-
-
-def open_gguf(path: Path | str) -> gguf.GGUFReader:
-    """gguf-py's reader for a model file, with one clear message for a missing, foreign or truncated file."""
-    path = Path(path)
-    if not path.is_file():
-        raise GgtoolError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise GgtoolError(f"{path}: not a GGUF file", "pass a .gguf model, e.g. one made by `ggtool convert`")
-    try:
-        return gguf.GGUFReader(path)
-    except Exception as e:  # noqa: BLE001 - gguf-py fails in many ways on a cut-off file
-        raise GgtoolError(f"{path}: truncated or damaged GGUF file ({type(e).__name__}: {e})",
-                          "copy or convert it again") from None
 
 
 def model_tensors(model: Path | str) -> dict[str, tuple[int, ...]]:

@@ -77,7 +77,7 @@ class FileFacts:
 
 def file_facts(path: Path) -> FileFacts:
     """File type name, size and bits per weight (8 × tensor bytes / parameters, both counted from the GGUF)."""
-    from .imatrix import open_gguf
+    from .gguf_in import open_gguf
     from .quantize import FTYPE_NAMES
 
     r = open_gguf(path)

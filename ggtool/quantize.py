@@ -19,7 +19,8 @@ import gguf
 from . import families  # noqa: F401 - gguf_out and the families import each other: families first
 from .errors import GgtoolError
 from .gguf_out import atomic_output
-from .imatrix import Imatrix, check_matches, model_tensors, open_gguf, read_imatrix
+from .gguf_in import open_gguf
+from .imatrix import Imatrix, check_matches, model_tensors, read_imatrix
 
 # llama-quantize's names (tools/quantize/quantize.cpp QUANT_OPTIONS), COPY left out
 _NAMES = ["Q4_0", "Q4_1", "MXFP4_MOE", "Q5_0", "Q5_1", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M",

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import gguf
 
 from .errors import GgtoolError
+from .gguf_in import open_gguf
 from .families import by_arch
 from .llama.model import ContextOptions, LlamaModel
 from .templates import render_chat
@@ -24,8 +24,8 @@ class Completion:
 def require_runnable(path: Path, action: str = "run") -> None:
     """Refuse, with the family's reason, a GGUF whose architecture no llama.cpp graph computes (run, quantize)."""
     try:
-        field = gguf.GGUFReader(path).get_field("general.architecture")
-    except Exception:  # noqa: BLE001 - missing or malformed: llama.cpp's own load error says more
+        field = open_gguf(path).get_field("general.architecture")
+    except GgtoolError:  # missing or malformed: the caller's own load reports it
         return
     family = by_arch(field.contents()) if field is not None else None
     if family is not None and not family.runnable:

@@ -89,10 +89,38 @@ CASES = [
 ]
 
 
+@pytest.fixture(scope="session")
+def default_gguf(tmp_path_factory) -> dict[str, Path]:
+    """The embedded default model (hidden 256, vocab 4096, trained) as f16 and at two K-quants."""
+    from ggtool import DEFAULT_MODEL
+
+    folder = tmp_path_factory.mktemp("plan-default")
+    f16 = convert(DEFAULT_MODEL, folder / "f16.gguf", "f16").dest
+    return {"F16": f16, **{t: quantize_one(f16, folder / f"{t}.gguf", t, nthread=1).path
+                           for t in ("Q4_K_M", "Q3_K_M")}}
+
+
+# the default model as `ggtool plan` places it (full offload, flash attention, quantized cache, long context)
+# and with experts and layers left on the host
+DEFAULT_CASES = [
+    ("Q4_K_M", Placement(99, 4096, "q4_0", "q4_0", True, ())),
+    ("Q3_K_M", Placement(99, 4096, "q8_0", "q8_0", True, (1, 2))),
+    ("F16", Placement(2, 2048, "f16", "f16", False, (3,))),
+]
+
+
 @pytest.mark.parametrize("qtype,placement", CASES, ids=["full", "experts-cpu", "partial-fa", "partial+experts"])
 def test_predictions_match_llama_cpp(tiny_gguf, rpc_endpoint, qtype, placement):
-    path = tiny_gguf[qtype]
-    p = placement
+    check_predictions(tiny_gguf[qtype], placement, rpc_endpoint)
+
+
+@pytest.mark.parametrize("qtype,placement", DEFAULT_CASES, ids=["full-fa-q4_0", "experts-cpu-q8_0", "partial-f16"])
+def test_predictions_match_llama_cpp_on_the_default_model(default_gguf, rpc_endpoint, qtype, placement):
+    check_predictions(default_gguf[qtype], placement, rpc_endpoint)
+
+
+def check_predictions(path: Path, p: Placement, rpc_endpoint: str) -> None:
+    """Every buffer llama.cpp logs, on the RPC device and on the host, within 5% of the prediction."""
     overrides = [(pat, "CPU") for pat in expert_override_patterns(p.cpu_expert_layers)]
     with LlamaModel(path, p.n_gpu_layers, rpc_servers=[rpc_endpoint], overrides=overrides) as model:
         model.reserve(ContextOptions(n_ctx=p.n_ctx, n_batch=p.n_batch, n_ubatch=p.n_ubatch, type_k=p.type_k,

@@ -1,0 +1,144 @@
+"""Builds llama.cpp's own tools from the exact source the pinned llama-cpp-python vendors, cached outside the repo.
+
+Usage: python bench/reference.py [--jobs N]   (prints the cache folder; a second call is instant)
+
+The sdist of the pinned llama-cpp-python (`pip download --no-binary :all:`) carries vendor/llama.cpp, so the
+reference programs and the library ggtool calls through ctypes are the same llama.cpp commit. The build is a
+CPU-only Release with the same switches the wheel was built with (native CPU flags, RPC on), so a ratio
+measures ggtool's own overhead, not a different compile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TARGETS = ("llama-quantize", "llama-imatrix", "llama-bench", "llama-completion", "llama-cli", "llama-fit-params",
+           "ggml-rpc-server", "rpc-server", "llama-perplexity")
+
+
+@dataclass
+class Reference:
+    """Where the reference build lives: llama.cpp source (with convert_hf_to_gguf.py and gguf-py) and binaries."""
+
+    version: str
+    root: Path
+    src: Path
+    bin: Path
+
+    def tool(self, name: str) -> Path | None:
+        """Path of a built program, or None if this llama.cpp has no such target."""
+        p = self.bin / name
+        return p if p.exists() else None
+
+    @property
+    def converter(self) -> Path:
+        return self.src / "convert_hf_to_gguf.py"
+
+    @property
+    def gguf_py(self) -> Path:
+        return self.src / "gguf-py"
+
+
+def pinned_version() -> str:
+    """The llama-cpp-python version pinned in pyproject.toml."""
+    m = re.search(r'"llama-cpp-python==([^"]+)"', (REPO / "pyproject.toml").read_text())
+    if not m:
+        raise SystemExit("no llama-cpp-python==<version> pin in pyproject.toml")
+    return m.group(1)
+
+
+def cache_root(version: str) -> Path:
+    base = Path(os.environ.get("GGTOOL_BENCH_CACHE", Path.home() / ".cache" / "ggtool-bench"))
+    return base / f"llama.cpp-{version}"
+
+
+def fetch_source(version: str, dest: Path) -> None:
+    """Download the sdist with pip and extract its vendor/llama.cpp into `dest`."""
+    with tempfile.TemporaryDirectory(prefix="ggtool-sdist-") as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                        "-d", tmp, f"llama-cpp-python=={version}"], check=True)
+        archive = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        with tarfile.open(archive) as tar:
+            try:
+                tar.extractall(tmp, filter="data")
+            except TypeError:  # Python without extraction filters (before 3.10.12 / 3.11.4): PyPI's own sdist
+                tar.extractall(tmp)
+        vendored = next(Path(tmp).glob("llama_cpp_python-*/vendor/llama.cpp"))
+        staging = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.move(str(vendored), staging)
+        staging.rename(dest)
+
+
+def cmake() -> str:
+    """cmake from PATH, else the venv's (pip-installed on first use, as llama-cpp-python's own build does)."""
+    found = shutil.which("cmake") or shutil.which("cmake", path=str(Path(sys.executable).parent))
+    if found:
+        return found
+    print("no cmake on PATH: installing it into the venv with pip ...", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "cmake"], check=True)
+    return str(Path(sys.executable).parent / "cmake")
+
+
+def build(ref: Reference, jobs: int) -> None:
+    """cmake configure + build of the tool targets; the binaries are copied into ref.bin when all succeeded."""
+    build_dir = ref.root / "build"
+    cm = cmake()
+    subprocess.run([cm, "-S", str(ref.src), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+                    "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DGGML_RPC=ON", "-DLLAMA_BUILD_TESTS=OFF",
+                    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF",
+                    "-DBUILD_SHARED_LIBS=OFF", "-DGGML_CUDA=OFF", "-DGGML_VULKAN=OFF", "-DGGML_METAL=OFF",
+                    "-DGGML_BLAS=OFF"], check=True, stdout=subprocess.DEVNULL)
+    # cmake knows which targets exist (llama-cli needs the server option here); build those it lists
+    help_out = subprocess.run([cm, "--build", str(build_dir), "--target", "help"],
+                              capture_output=True, text=True).stdout
+    known = [t for t in TARGETS if re.search(rf"^\.\.\. {re.escape(t)}$", help_out, flags=re.M)]
+    subprocess.run([cm, "--build", str(build_dir), "--config", "Release", "-j", str(jobs), "--target", *known],
+                   check=True)
+    staging = ref.bin.with_name("bin.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for t in known:
+        exe = build_dir / "bin" / t
+        if exe.exists():
+            shutil.copy2(exe, staging / t)
+    staging.rename(ref.bin)
+
+
+def ensure(jobs: int = 2) -> Reference:
+    """The cached reference build, fetching and building it first if missing."""
+    version = pinned_version()
+    root = cache_root(version)
+    root.mkdir(parents=True, exist_ok=True)
+    ref = Reference(version, root, root / "src", root / "bin")
+    if not ref.src.exists():
+        print(f"fetching llama-cpp-python {version} sdist ...", file=sys.stderr)
+        fetch_source(version, ref.src)
+    if not ref.bin.exists():
+        print(f"building llama.cpp tools in {root / 'build'} (-j{jobs}; takes a while once) ...", file=sys.stderr)
+        build(ref, jobs)
+    return ref
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+    ref = ensure(args.jobs)
+    print(ref.root)
+    for t in sorted(p.name for p in ref.bin.iterdir()):
+        print(" ", t)
+
+
+if __name__ == "__main__":
+    main()
