@@ -12,14 +12,16 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import gguf
 import numpy as np
 
-from .checkpoint import Checkpoint
 from .errors import GgtoolError
-from .families.base import PlannedTensor
+
+if TYPE_CHECKING:  # type hints only: the families import this module (ssmoelm encodes with it)
+    from .checkpoint import Checkpoint
+    from .families.base import PlannedTensor
 
 Q = gguf.GGMLQuantizationType
 OUTTYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0}

@@ -21,9 +21,8 @@ from typing import Callable
 import gguf
 import numpy as np
 
-from . import families  # noqa: F401 - gguf_out and the families import each other: families first
 from .errors import GgtoolError
-from .gguf_in import open_gguf
+from .gguf_in import read_header
 from .gguf_out import atomic_output
 
 DEFAULT_CHUNK_SIZE = 512  # llama-imatrix's default n_ctx
@@ -249,7 +248,7 @@ def merge(matrices: list[Imatrix], chunk_size: int | None = None) -> Imatrix:
 
 def model_tensors(model: Path | str) -> dict[str, tuple[int, ...]]:
     """Weight shapes (ne order) of a GGUF model, for checking an imatrix against it."""
-    return {t.name: tuple(int(x) for x in t.shape) for t in open_gguf(model).tensors}
+    return {t.name: t.shape for t in read_header(model).tensors}
 
 
 def check_matches(im: Imatrix, shapes: dict[str, tuple[int, ...]], im_label: str, model_label: str) -> None:

@@ -59,7 +59,6 @@ class EvalReport:
                 "base_type": self.base_type, "base_size_bytes": self.base_size_bytes, "base_bpw": self.base_bpw}
 
     def write_json(self, dest: Path | str) -> Path:
-        from . import families  # noqa: F401 - gguf_out and the families import each other: families first
         from .gguf_out import atomic_output
 
         dest = Path(dest)
@@ -77,14 +76,13 @@ class FileFacts:
 
 def file_facts(path: Path) -> FileFacts:
     """File type name, size and bits per weight (8 × tensor bytes / parameters, both counted from the GGUF)."""
-    from .gguf_in import open_gguf
+    from .gguf_in import read_header
     from .quantize import FTYPE_NAMES
 
-    r = open_gguf(path)
-    field_ = r.get_field(gguf.Keys.General.FILE_TYPE)
-    ftype = int(field_.contents()) if field_ is not None else -1
-    n_bytes = sum(int(t.n_bytes) for t in r.tensors)
-    n_params = sum(int(t.n_elements) for t in r.tensors)
+    header = read_header(path)
+    ftype = int(header.get(gguf.Keys.General.FILE_TYPE, -1))
+    n_bytes = sum(t.n_bytes for t in header.tensors)
+    n_params = sum(t.n_elements for t in header.tensors)
     return FileFacts(FTYPE_NAMES.get(ftype, f"ftype {ftype}"), path.stat().st_size,
                      8 * n_bytes / n_params if n_params else float("nan"))
 

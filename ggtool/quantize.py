@@ -16,10 +16,9 @@ from typing import Callable
 
 import gguf
 
-from . import families  # noqa: F401 - gguf_out and the families import each other: families first
 from .errors import GgtoolError
 from .gguf_out import atomic_output
-from .gguf_in import open_gguf
+from .gguf_in import read_header
 from .imatrix import Imatrix, check_matches, model_tensors, read_imatrix
 
 # llama-quantize's names (tools/quantize/quantize.cpp QUANT_OPTIONS), COPY left out
@@ -78,11 +77,11 @@ def parse_tensor_type(spec: str) -> TensorType:
 
 def output_name(model: Path | str, type_name: str) -> str:
     """llama.cpp's file name for a quantized model: <Basename>-<SizeLabel>-<TYPE>.gguf (gguf-py's convention)."""
-    r = open_gguf(model)
+    header = read_header(model)
 
     def value(key: str) -> str | None:
-        f = r.get_field(key)
-        return str(f.contents()) if f is not None else None
+        v = header.get(key)
+        return None if v is None else str(v)
 
     name = gguf.naming_convention(value(gguf.Keys.General.NAME), value(gguf.Keys.General.BASENAME),
                                   value(gguf.Keys.General.FINETUNE), value(gguf.Keys.General.VERSION),

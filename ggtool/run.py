@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 from .errors import GgtoolError
-from .gguf_in import open_gguf
+from .gguf_in import read_header
 from .families import by_arch
 from .llama.model import ContextOptions, LlamaModel
 from .templates import render_chat
@@ -24,10 +24,10 @@ class Completion:
 def require_runnable(path: Path, action: str = "run") -> None:
     """Refuse, with the family's reason, a GGUF whose architecture no llama.cpp graph computes (run, quantize)."""
     try:
-        field = open_gguf(path).get_field("general.architecture")
+        arch = read_header(path).get("general.architecture")
     except GgtoolError:  # missing or malformed: the caller's own load reports it
         return
-    family = by_arch(field.contents()) if field is not None else None
+    family = by_arch(arch) if arch is not None else None
     if family is not None and not family.runnable:
         raise GgtoolError(f"{path}: cannot {action} architecture {family.arch} in llama.cpp: "
                           f"{family.not_runnable_reason}", "`ggtool inspect` and `ggtool verify` work on it")
