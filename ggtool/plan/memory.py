@@ -387,8 +387,9 @@ def compute_bytes(shape: ModelShape, p: Placement, holds_layers: bool, holds_out
       M = kv*ub*4 (mask; f16 with FA), VI = ub*n_embd_v_gqa*8 (V row indices when V is stored transposed,
       no FA; ub*8 with FA), F = n_ff_exp*n_expert_used*ub*4 (one MoE intermediate), S = ub*20 (small inputs).
     Device:  attention KQ + M + 6E (no FA) or M + 6E (FA); output Lg + E (+E/2 with FA when the hidden state
-             arrives from the CPU: 0 or E by allocation order); MoE 2E + 3F + copies of CPU-resident
+             arrives from the CPU: 0 or E by allocation order); MoE 2E + max(3F, 2·n_used·E) + copies of CPU-resident
              expert weights a "gpu" device offloads the batch to; the largest of the phases it runs.
+             (2·n_used·E only on a device that runs expert matmuls: measured on a hidden-1024 top-4 model)
     Host:    graph inputs M + VI + S always live, + 2E; when it runs layers: attention KQ + M + VI + 5E + S
              (no FA) or M + 6E + S (FA); output Lg + 3E (no FA) or Lg + 2E (FA, +E on a quantized cache);
              MoE 2E + 3F (its split does not keep the attention inputs).
@@ -421,7 +422,10 @@ def compute_bytes(shape: ModelShape, p: Placement, holds_layers: bool, holds_out
     else:
         if holds_layers:
             phases.append(M + 6 * E if fa else KQ + M + 6 * E)
-            phases.append(2 * E + 3 * F + offload_copy)
+            # when it runs the experts, their outputs [n_embd, n_used, ub] and the routing-weighted copy
+            # (ggml_mul, not in place) are live together: 2·n_used·E, more than 3F for wide models with top-k ≥ 4
+            weighted = 2 * shape.n_expert_used * E if computes_experts else 0
+            phases.append(2 * E + max(3 * F, weighted) + offload_copy)
         if holds_output:
             # with FA and a hidden state arriving from the CPU, ggml-alloc's layout costs one extra E in some
             # layer splits and none in others (measured both ways): predict half of it
@@ -479,7 +483,10 @@ def predict(shape: ModelShape, p: Placement, devices: list[Device]) -> Predictio
         if d.kind == "gpu" and layers and min(p.n_ubatch, p.n_ctx) >= 32 and cpu_expert_bytes_by_layer:
             copy = max(cpu_expert_bytes_by_layer.get(il, 0) for il in layers)
         receives = ngl_start > 0 or d.name != first_dev
-        usage[d.name].compute = compute_bytes(shape, p, bool(layers), has_out, False, receives, False, copy,
+        # the device runs the expert matmuls of its layers whose experts stay on it (and of the others when
+        # it takes over CPU-resident experts' batches)
+        experts_here = shape.n_expert > 0 and (copy > 0 or any(il not in p.cpu_expert_layers for il in layers))
+        usage[d.name].compute = compute_bytes(shape, p, bool(layers), has_out, False, receives, experts_here, copy,
                                               pipeline)
     cpu_layers = [il for il in range(shape.n_layer) if where[il] == "CPU"]
     cpu_experts = bool(cpu_layers) or any(dev_by_name[where[il]].kind != "gpu" for il in cpu_expert_bytes_by_layer
