@@ -360,12 +360,25 @@ def make_chunks(ids: list[int], chunk_size: int, bos: int | None) -> list[list[i
     return chunks
 
 
+def model_chunks(model, ids: list[int], chunk_size: int, max_chunks: int | None, what: str,
+                 option: str) -> list[list[int]]:
+    """`ids` cut as llama-imatrix and llama-perplexity cut them for `model` (BOS when its vocabulary adds one),
+    at most `max_chunks`; an error naming `what` and the `option` to change when not one chunk fits."""
+    from .llama.imatrix import adds_bos, bos_token
+
+    chunks = make_chunks(ids, chunk_size, bos_token(model) if adds_bos(model) else None)[:max_chunks or None]
+    if not chunks:
+        raise GgtoolError(f"the {what} has {len(ids)} tokens, fewer than one chunk of {chunk_size}",
+                          f"give more text or a smaller {option}")
+    return chunks
+
+
 def collect(model_path: Path | str, files: list[Path], dest: Path | str, chunk_size: int = DEFAULT_CHUNK_SIZE,
             chat: bool = False, max_chunks: int | None = None, in_files: list[Path] = (), legacy: bool = False,
             n_threads: int = 0, progress: Callable[[int, int], None] | None = None) -> ImatrixResult:
     """Run the calibration files through llama.cpp and write the importance matrix to `dest` (GGUF, or the
     legacy .dat format), added to the importance matrices of `in_files` if given, as llama-imatrix --in-file."""
-    from .llama.imatrix import ImatrixCollector, adds_bos, bos_token, evaluate_chunks
+    from .llama.imatrix import ImatrixCollector, evaluate_chunks
     from .llama.model import LlamaModel
     from .run import require_runnable
 
@@ -390,12 +403,7 @@ def collect(model_path: Path | str, files: list[Path], dest: Path | str, chunk_s
     if files:
         with LlamaModel(model_path) as model:
             ids = calibration_tokens(model, [Path(f) for f in files], chat)
-            chunks = make_chunks(ids, chunk_size, bos_token(model) if adds_bos(model) else None)
-            if max_chunks:
-                chunks = chunks[:max_chunks]
-            if not chunks:
-                raise GgtoolError(f"the calibration text has {len(ids)} tokens, fewer than one chunk of {chunk_size}",
-                                  "give more text or a smaller --chunk-size")
+            chunks = model_chunks(model, ids, chunk_size, max_chunks, "calibration text", "--chunk-size")
             collector = ImatrixCollector()
             evaluate_chunks(model, chunks, collector, n_threads=n_threads, progress=progress)
         entries = {name: ImatrixEntry(a.sums, a.counts) for name, a in sorted(collector.stats.items())}

@@ -178,11 +178,11 @@ def ladder(src: Path | str, out_dir: Path | str, types: list[str] = DEFAULT_TYPE
 
 
 def _has_chat_template(path: Path) -> bool:
-    import gguf
+    from .gguf_in import read_header
 
     try:
-        return gguf.GGUFReader(path).get_field("tokenizer.chat_template") is not None
-    except Exception:  # noqa: BLE001 - unreadable: the imatrix step's own load reports it
+        return read_header(path).get("tokenizer.chat_template") is not None
+    except GgtoolError:  # unreadable: the imatrix step's own load reports it
         return False
 
 

@@ -93,19 +93,10 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _chunks(model, text: str, n_ctx: int, max_chunks: int | None) -> list[list[int]]:
-    from .llama.imatrix import adds_bos, bos_token
-
-    from .imatrix import make_chunks
+    from .imatrix import model_chunks
 
     ids = model.tokenize(text, add_special=True)  # as llama-perplexity
-    # as llama-perplexity: each chunk's first token becomes BOS if the vocabulary adds one
-    chunks = make_chunks(ids, n_ctx, bos_token(model) if adds_bos(model) else None)
-    if max_chunks:
-        chunks = chunks[:max_chunks]
-    if not chunks:
-        raise GgtoolError(f"the held-out text has {len(ids)} tokens, fewer than one chunk of {n_ctx}",
-                          "give a longer text or a smaller --ctx")
-    return chunks
+    return model_chunks(model, ids, n_ctx, max_chunks, "held-out text", "--ctx")
 
 
 def evaluate(base: Path | str, variants: list[Path | str], text_file: Path | str | None = None, n_ctx: int = 512,

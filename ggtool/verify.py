@@ -81,10 +81,12 @@ def mean_kl(ref_logits: np.ndarray, test_logits: np.ndarray) -> float:
 
 
 def file_type_of(path: Path) -> gguf.LlamaFileType:
-    field = gguf.GGUFReader(path).get_field(gguf.Keys.General.FILE_TYPE)
-    if field is None:
+    from .gguf_in import read_header
+
+    file_type = read_header(path).get(gguf.Keys.General.FILE_TYPE)
+    if file_type is None:
         raise GgtoolError(f"{path}: has no general.file_type", "was it written by a GGUF converter?")
-    return gguf.LlamaFileType(int(field.contents()))
+    return gguf.LlamaFileType(int(file_type))
 
 
 def sample_ids(model: LlamaModel, n_tokens: int) -> list[int]:
