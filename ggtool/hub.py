@@ -21,7 +21,7 @@ from typing import Iterator
 
 from .errors import GgtoolError
 
-ALLOW_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
+ALLOW_PATTERNS = ["config.json", "README.md", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
                   "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                   "added_tokens.json", "chat_template.json", "chat_template.jinja", "*.tiktoken",
                   "vocab.json", "merges.txt"]
@@ -184,6 +184,10 @@ def publish(folder: Path, repo: str, *, api=None, private: bool = False, dry_run
     files = sorted({p for pat in PUBLISH_PATTERNS for p in folder.glob(pat) if p.is_file()})
     if not any(p.suffix == ".gguf" for p in files):
         raise GgtoolError(f"{folder}: no .gguf files to publish", "run `ggtool ladder` or `ggtool quantize` first")
+    if recommendations is None:  # the planner's answer for the card's standard budgets
+        from .plan.search import recommend
+
+        recommendations = recommend([p for p in files if p.suffix == ".gguf" and not p.name.startswith("imatrix")])
     unknown = [f for _, f in recommendations or [] if not (folder / f).is_file()]
     if unknown:
         raise GgtoolError(f"recommended file(s) not in {folder}: {', '.join(unknown)}")

@@ -84,9 +84,10 @@ def test_allow_patterns_cover_conversion_inputs_only():
 
     for name in ("config.json", "model-00001-of-00002.safetensors", "model.safetensors.index.json",
                  "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "generation_config.json",
-                 "special_tokens_map.json", "chat_template.jinja"):
+                 "special_tokens_map.json", "chat_template.jinja",
+                 "README.md"):  # the model card: convert takes general.name, license and tags from it
         assert allowed(name), name
-    for name in ("pytorch_model.bin", "modeling_fancy.py", "configuration_fancy.py", "model.onnx", "README.md"):
+    for name in ("pytorch_model.bin", "modeling_fancy.py", "configuration_fancy.py", "model.onnx"):
         assert not allowed(name), name
 
 

@@ -250,3 +250,17 @@ def test_two_devices_split_layers_as_predicted(tiny_gguf, rpc_endpoint, rpc_endp
                                     ("host model", h.logged_model, host[("CPU_Mapped", "model")])):
         assert abs(predicted - actual) <= max(0.05 * actual, LOG_ROUNDING), \
             f"{what}: predicted {predicted / MiB:.3f} MiB, llama.cpp {actual / MiB:.3f} MiB"
+
+
+def test_recommend_picks_the_largest_variant_that_fits(tiny_gguf):
+    from ggtool.plan.search import recommend
+
+    paths = list(tiny_gguf.values())
+    cpu_only = Budget([], 64 << 30)
+    host_q8 = plan(read_gguf(tiny_gguf["Q8_0"]), cpu_only, 4096).best.prediction.host.total
+    host_f16 = plan(read_gguf(tiny_gguf["F16"]), cpu_only, 4096).best.prediction.host.total
+    assert host_f16 > host_q8
+    just_q8 = int(host_q8 / (1 - cpu_only.ram_margin)) + (1 << 16)  # Q8_0 fits, F16 does not
+    assert just_q8 < host_f16
+    picks = dict(recommend(paths, {"big": (0, 64 << 30), "q8": (0, just_q8), "none": (0, 1 << 20)}))
+    assert picks == {"big": tiny_gguf["F16"].name, "q8": tiny_gguf["Q8_0"].name}

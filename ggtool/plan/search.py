@@ -11,9 +11,10 @@ n_expert_used / n_expert) and KV cache once, at that memory's bandwidth, one aft
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import GgtoolError
-from .memory import Device, Placement, Prediction, ModelShape, predict
+from .memory import Device, Placement, Prediction, ModelShape, predict, read_gguf
 
 KV_CHOICES = [("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")]
 KV_PENALTY = {"f16": 1.0, "q8_0": 0.97, "q4_0": 0.90}  # a quantized cache costs some quality: rank it lower
@@ -164,3 +165,27 @@ def plan(shape: ModelShape, budget: Budget, n_ctx: int = 4096, n_batch: int = 51
 
 def _ranges(layers: tuple[int, ...]) -> str:
     return f"{layers[0]}–{layers[-1]}" if len(layers) > 1 else str(layers[0])
+
+
+# budgets a published model card answers "which file?" for (VRAM bytes, RAM bytes)
+CARD_BUDGETS = {"1 GiB VRAM + 6 GiB RAM": (1 << 30, 6 << 30), "4 GiB VRAM + 16 GiB RAM": (4 << 30, 16 << 30),
+                "CPU only, 8 GiB RAM": (0, 8 << 30)}
+
+
+def recommend(paths: list[Path], budgets: dict[str, tuple[int, int]] = CARD_BUDGETS,
+              n_ctx: int = 4096) -> list[tuple[str, str]]:
+    """For each budget, the variant with the most bytes of weights (the most bits per weight) that the planner
+    fits at `n_ctx` without shrinking the context; budgets no variant fits are left out."""
+    shapes = sorted(((read_gguf(p), p) for p in paths), key=lambda sp: -sp[0].weight_bytes)
+    out = []
+    for label, (vram, ram) in budgets.items():
+        budget = Budget([Device("GPU0", vram, 300e9, "gpu")] if vram else [], ram)
+        for shape, path in shapes:
+            try:
+                fits = plan(shape, budget, n_ctx, min_ctx=n_ctx).best.placement.n_ctx == n_ctx
+            except GgtoolError:
+                fits = False
+            if fits:
+                out.append((label, path.name))
+                break
+    return out
