@@ -29,6 +29,7 @@ class TensorInfo:
     name: str
     shape: tuple[int, ...]  # ggml order: ne0 (the row length) first
     type: gguf.GGMLQuantizationType
+    offset: int  # where its data starts in the file
 
     @property
     def n_elements(self) -> int:
@@ -47,6 +48,7 @@ class TensorInfo:
 class GGUFHeader:
     path: Path
     values: dict  # key → scalar or string; arrays are not kept (their keys map to None)
+    array_lengths: dict  # key → number of elements, for array values
     tensors: tuple[TensorInfo, ...]
 
     def get(self, key: str, default=None):  # noqa: ANN001, ANN201
@@ -109,22 +111,27 @@ def _read_header(key: tuple) -> GGUFHeader:
                 except UnicodeDecodeError:
                     raise bad(f"{what} at byte {pos} is not UTF-8") from None
 
+            def array(depth: int) -> int:
+                """Skip an array's elements; its length."""
+                etype, count = take("<I"), take("<Q")
+                if etype in _FIXED:
+                    raw(count * struct.calcsize(_FIXED[etype]), "an array")
+                elif etype in (_STRING, _ARRAY):
+                    if count * 8 > size - pos:
+                        raise bad(f"an array of {count} values at byte {pos} cannot fit in the file")
+                    for _ in range(count):
+                        value(etype, depth + 1)
+                else:
+                    raise bad(f"unknown array element type {etype} at byte {pos}")
+                return count
+
             def value(vtype: int, depth: int = 0):  # noqa: ANN202
                 if vtype in _FIXED:
                     return take(_FIXED[vtype])
                 if vtype == _STRING:
                     return text("a string")
                 if vtype == _ARRAY and depth < 2:
-                    etype, count = take("<I"), take("<Q")
-                    if etype in _FIXED:
-                        raw(count * struct.calcsize(_FIXED[etype]), "an array")
-                    elif etype in (_STRING, _ARRAY):
-                        if count * 8 > size - pos:
-                            raise bad(f"an array of {count} values at byte {pos} cannot fit in the file")
-                        for _ in range(count):
-                            value(etype, depth + 1)
-                    else:
-                        raise bad(f"unknown array element type {etype} at byte {pos}")
+                    array(depth)
                     return None
                 raise bad(f"unknown value type {vtype} at byte {pos}")
 
@@ -134,11 +141,15 @@ def _read_header(key: tuple) -> GGUFHeader:
             n_tensors, n_kv = take("<Q"), take("<Q")
             if n_kv * 13 > size or n_tensors * 24 > size:
                 raise bad(f"{n_tensors} tensors and {n_kv} keys cannot fit in {size} bytes")
-            values = {}
+            values, array_lengths = {}, {}
             for _ in range(n_kv):
                 k = text("a key")
-                values[k] = value(take("<I"))
-            tensors, offsets = [], []
+                vtype = take("<I")
+                if vtype == _ARRAY:
+                    values[k], array_lengths[k] = None, array(0)
+                else:
+                    values[k] = value(vtype)
+            infos = []
             for _ in range(n_tensors):
                 name = text("a tensor name")
                 n_dims = take("<I")
@@ -150,19 +161,19 @@ def _read_header(key: tuple) -> GGUFHeader:
                     qtype = gguf.GGMLQuantizationType(ggml_type)
                 except ValueError:
                     raise bad(f"unknown tensor type {ggml_type} at byte {pos}") from None
-                tensors.append(TensorInfo(name, shape, qtype))
-                offsets.append(take("<Q"))
+                infos.append((name, shape, qtype, take("<Q")))
             # tensor data starts at the next multiple of the alignment after the header
             align = values.get("general.alignment") or 32
             if not isinstance(align, int) or align <= 0:
                 raise bad(f"general.alignment {align!r} is not a positive integer")
             data_start = -(-pos // align) * align
-            for t, offset in zip(tensors, offsets):
-                end = data_start + offset + t.n_bytes
+            tensors = [TensorInfo(name, shape, qtype, data_start + offset) for name, shape, qtype, offset in infos]
+            for t in tensors:
+                end = t.offset + t.n_bytes
                 if end > size:
                     raise GgtoolError(f"{path}: truncated or damaged GGUF file (tensor {t.name}'s data ends at byte "
                                       f"{end}, the file has {size})", "copy or convert it again")
-    return GGUFHeader(path, values, tuple(tensors))
+    return GGUFHeader(path, values, array_lengths, tuple(tensors))
 
 
 def open_gguf(path: Path | str) -> gguf.GGUFReader:

@@ -9,6 +9,7 @@ from pathlib import Path
 import gguf
 
 from .errors import GgtoolError
+from .gguf_in import read_header
 
 # first matching rule names the group of a tensor
 GROUPS = [
@@ -53,19 +54,12 @@ def _field_value(f: gguf.ReaderField) -> object:
     return f.contents()
 
 
-def check_header(path: Path) -> None:
-    """Walk a GGUF header with bounds checks before gguf-py reads it (see gguf_in.read_header)."""
-    from .gguf_in import read_header
-
-    read_header(path)
-
-
 def inspect(path: Path) -> Inspection:
     """Read a GGUF's metadata and tensor infos (no weights are loaded)."""
     path = Path(path)
     if not path.is_file():
         raise GgtoolError(f"{path}: no such file")
-    check_header(path)
+    read_header(path)  # bounds-checked first: gguf-py hangs on some corrupted counts
     try:  # a corrupted header can fail anywhere in gguf-py (bad counts, types, UTF-8, offsets): one clear line
         reader = gguf.GGUFReader(path)
         meta = {name: _field_value(f) for name, f in reader.fields.items() if not name.startswith("GGUF.")}

@@ -25,7 +25,7 @@ import gguf
 import numpy as np
 
 from ..errors import GgtoolError
-from ..inspect import check_header
+from ..gguf_in import read_header
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -98,43 +98,28 @@ class ModelShape:
         return sum(t.n_bytes for t in self.tensors)
 
 
-def _meta(reader: gguf.GGUFReader, key: str, default=None):
-    f = reader.get_field(key)
-    if f is None:
-        return default
-    v = f.contents()
-    return v
-
-
 def read_gguf(path: Path) -> ModelShape:
     """The shape of a GGUF from its header (tensor infos and metadata) alone."""
     path = Path(path)
-    if not path.is_file():
-        raise GgtoolError(f"{path}: no such file")
-    check_header(path)
+    header = read_header(path)  # bounds-checked, tensor data within the file
     try:
-        reader = gguf.GGUFReader(path)
-        arch = str(_meta(reader, "general.architecture"))
-        g = lambda key, default=None: _meta(reader, f"{arch}.{key}", default)  # noqa: E731
-        tensors = [Tensor(t.name, t.tensor_type.name, [int(x) for x in t.shape], int(t.n_bytes), int(t.data_offset))
-                   for t in reader.tensors]
+        arch = str(header.get("general.architecture"))
+        g = lambda key, default=None: header.get(f"{arch}.{key}", default)  # noqa: E731
+        tensors = [Tensor(t.name, t.type.name, list(t.shape), t.n_bytes, t.offset) for t in header.tensors]
         n_layer = int(g("block_count"))
         n_embd = int(g("embedding_length"))
         n_head = int(g("attention.head_count"))
         n_head_kv = int(g("attention.head_count_kv", n_head))
         hk = int(g("attention.key_length", n_embd // n_head))
         hv = int(g("attention.value_length", n_embd // n_head))
-        tokens = reader.get_field("tokenizer.ggml.tokens")
         emb = next((t for t in tensors if t.name == "token_embd.weight"), None)
-        n_vocab = len(tokens.data) if tokens is not None else (emb.shape[1] if emb else 0)
+        n_vocab = header.array_lengths.get("tokenizer.ggml.tokens", emb.shape[1] if emb else 0)
         n_expert = int(g("expert_count", 0))
         n_used = int(g("expert_used_count", 0))
         n_ff_exp = int(g("expert_feed_forward_length", g("feed_forward_length", 0)))
         n_ctx_train = int(g("context_length", 4096))
-        ft = _meta(reader, "general.file_type")
-    except GgtoolError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any malformed header: one clear line, no traceback
+        ft = header.get("general.file_type")
+    except (TypeError, ValueError, ZeroDivisionError) as e:  # keys missing or of the wrong type: one clear line
         raise GgtoolError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})",
                           "the file is truncated or corrupted; convert or download it again") from None
     if n_layer <= 0 or n_embd <= 0 or n_head <= 0 or n_head_kv <= 0 or not tensors:
@@ -149,9 +134,6 @@ def read_gguf(path: Path) -> ModelShape:
                           f"{n_embd} and {n_vocab} tokens", "the file is corrupted")
     if n_expert and not 0 < n_used <= n_expert:
         raise GgtoolError(f"{path}: {n_used} experts used of {n_expert}", "the file is corrupted")
-    for t in tensors:
-        if t.offset + t.n_bytes > path.stat().st_size:
-            raise GgtoolError(f"{path}: tensor {t.name} extends past the end of the file (truncated?)")
     file_type = gguf.LlamaFileType(int(ft)).name.replace("MOSTLY_", "") if ft is not None else ""
     return ModelShape(path.name, arch, n_layer, n_embd, n_head, n_head_kv, hk, hv, n_vocab, n_expert, n_used,
                       n_ff_exp, n_ctx_train, tensors, file_type)
