@@ -39,8 +39,20 @@ def main() -> None:
              for t, label, m, tt in cases]
     r = evaluate(base, files)
     print(f"base {base.name}, held-out {Path(r.text).name}, {r.n_tokens} scored tokens")
-    for v in r.variants:
-        print(f"  {Path(v.file).stem:<28} KL mean {v.kl_mean:.5f}  p99 {v.kl_p99:.4f}  top-1 {100 * v.top1:.1f}%")
+    by_stem = {Path(v.file).stem: v for v in r.variants}
+    for stem, v in by_stem.items():
+        print(f"  {stem:<28} KL mean {v.kl_mean:.5f} ± {v.kl_stderr:.5f}  p99 {v.kl_p99:.4f}  top-1 {100 * v.top1:.1f}%")
+    print("paired, chunk by chunk (imatrix minus the other; negative: the importance matrix is better):")
+    for t in ("IQ2_M", "IQ3_M", "IQ2_M+f16-out"):
+        kind, _, suffix = t.partition("+")
+        mine = np.asarray(by_stem[f"{kind}-imatrix{'+' + suffix if suffix else ''}"].kl_chunks)
+        for other in ("flat", "shifted"):
+            o = by_stem.get(f"{kind}-{other}{'+' + suffix if suffix else ''}")
+            if o is None:
+                continue
+            d = mine - np.asarray(o.kl_chunks)
+            print(f"  {t:<14} vs {other:<8} {d.mean():+.5f} ± {d.std(ddof=1) / np.sqrt(len(d)):.5f} "
+                  f"({100 * d.mean() / o.kl_mean:+.1f}%), imatrix better in {(d < 0).sum()}/{len(d)} chunks")
 
 
 if __name__ == "__main__":

@@ -352,13 +352,14 @@ def _quality_table(r, ctx: int) -> Table:
     """The quality table of an EvalReport: the base first, then each variant."""
     table = Table(title=f"quality vs {Path(r.base).name} on {Path(r.text).name} ({r.n_tokens} scored tokens, ctx {ctx})")
     for col, just in (("file", "left"), ("type", "left"), ("size", "right"), ("bpw", "right"), ("PPL", "right"),
-                      ("KL mean", "right"), ("KL p99", "right"), ("top-1", "right")):
+                      ("KL mean", "right"), ("±", "right"), ("KL p99", "right"), ("top-1", "right")):
         table.add_column(col, justify=just)
     table.add_row(Path(r.base).name, r.base_type, human(r.base_size_bytes), f"{r.base_bpw:.2f}", f"{r.base_ppl:.4g}",
-                  "0", "0", "100.0%")
+                  "0", "", "0", "100.0%")
     for v in r.variants:
         table.add_row(Path(v.file).name, v.type, human(v.size_bytes), f"{v.bpw:.2f}", f"{v.ppl:.4g}",
-                      f"{v.kl_mean:.4f}", f"{v.kl_p99:.4f}", f"{100 * v.top1:.1f}%")
+                      f"{v.kl_mean:.4f}", f"{v.kl_stderr:.4f}" if v.kl_stderr is not None else "",
+                      f"{v.kl_p99:.4f}", f"{100 * v.top1:.1f}%")
     return table
 
 

@@ -37,6 +37,12 @@ class VariantQuality:
     kl_mean: float
     kl_p99: float
     top1: float
+    kl_stderr: float | None = None  # of kl_mean, from per-chunk means (tokens within a chunk are not independent)
+    # per-chunk mean KL, for paired comparisons of two variants on the same chunks; not part of the JSON
+    kl_chunks: list[float] | None = field(default=None, repr=False, compare=False)
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "kl_chunks"}
 
 
 @dataclass
@@ -55,7 +61,7 @@ class EvalReport:
     def to_json(self) -> dict:
         """The quality JSON: {"base", "text", "n_tokens", "variants": [...]} plus the base's own figures."""
         return {"base": self.base, "text": self.text, "n_tokens": self.n_tokens,
-                "variants": [asdict(v) for v in self.variants], "base_ppl": self.base_ppl,
+                "variants": [v.to_json() for v in self.variants], "base_ppl": self.base_ppl,
                 "base_type": self.base_type, "base_size_bytes": self.base_size_bytes, "base_bpw": self.base_bpw}
 
     def write_json(self, dest: Path | str) -> Path:
@@ -85,6 +91,11 @@ def file_facts(path: Path) -> FileFacts:
     n_params = sum(t.n_elements for t in header.tensors)
     return FileFacts(FTYPE_NAMES.get(ftype, f"ftype {ftype}"), path.stat().st_size,
                      8 * n_bytes / n_params if n_params else float("nan"))
+
+
+def _stderr(values: np.ndarray) -> float | None:
+    """Standard error of the mean of independent values (None for fewer than two)."""
+    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -162,8 +173,9 @@ def evaluate(base: Path | str, variants: list[Path | str], text_file: Path | str
                     if progress:
                         progress(path.name, i + 1, len(chunks))
             f = facts[path]
+            per_chunk = kl.reshape(len(chunks), scored).mean(axis=1)
             report.variants.append(VariantQuality(str(path), f.type, f.size_bytes, f.bpw, float(np.exp(nll.mean())),
                                                   float(kl.mean()), float(np.percentile(kl, 99)),
-                                                  float(agree.mean())))
+                                                  float(agree.mean()), _stderr(per_chunk), per_chunk.tolist()))
         del base_logp
     return report

@@ -49,8 +49,10 @@ def reference(base: Path, variant: Path, text: str) -> dict[str, float]:
             kl.append(float(np.sum(np.exp(lp) * (lp - lq))))
             nll.append(-lq[c[j + 1]])
             agree.append(lp.argmax() == lq.argmax())
+    per_chunk = np.mean(np.reshape(kl, (CHUNKS, -1)), axis=1)
     return {"kl_mean": np.mean(kl), "kl_p99": np.percentile(kl, 99), "ppl": float(np.exp(np.mean(nll))),
-            "top1": float(np.mean(agree)), "n": len(kl)}
+            "top1": float(np.mean(agree)), "n": len(kl), "kl_chunks": per_chunk,
+            "kl_stderr": float(np.std(per_chunk, ddof=1) / np.sqrt(CHUNKS))}
 
 
 def test_measures_match_a_direct_computation(olmoe_gguf, variants, heldout):
@@ -65,6 +67,8 @@ def test_measures_match_a_direct_computation(olmoe_gguf, variants, heldout):
     assert q3.kl_p99 == pytest.approx(ref["kl_p99"], rel=1e-3)
     assert q3.ppl == pytest.approx(ref["ppl"], rel=1e-4)
     assert q3.top1 == pytest.approx(ref["top1"])
+    assert q3.kl_chunks == pytest.approx(ref["kl_chunks"], rel=1e-3)
+    assert q3.kl_stderr == pytest.approx(ref["kl_stderr"], rel=1e-2) and 0 < q3.kl_stderr < q3.kl_mean
     assert 0 < q8.kl_mean < q3.kl_mean and q8.top1 >= q3.top1
     assert (same.type, q8.type, q3.type) == ("F16", "Q8_0", "Q3_K_M")
     assert q8.size_bytes == variants["Q8_0"].stat().st_size
@@ -81,8 +85,10 @@ def test_cli_table_and_json_follow_the_contract(olmoe_gguf, variants, heldout, t
     assert data["base"] == str(olmoe_gguf) and data["text"] == str(heldout) and data["n_tokens"] == 2 * 31
     assert [v["type"] for v in data["variants"]] == ["Q8_0", "Q3_K_M"]
     for v in data["variants"]:
-        assert set(v) == {"file", "type", "size_bytes", "bpw", "ppl", "kl_mean", "kl_p99", "top1"}
-        assert isinstance(v["size_bytes"], int) and all(np.isfinite(v[k]) for k in ("bpw", "ppl", "kl_mean", "kl_p99"))
+        assert set(v) == {"file", "type", "size_bytes", "bpw", "ppl", "kl_mean", "kl_p99", "top1", "kl_stderr"}
+        assert isinstance(v["size_bytes"], int) and all(np.isfinite(v[k]) for k in ("bpw", "ppl", "kl_mean", "kl_p99",
+                                                                                    "kl_stderr"))
+    assert "±" in r.stdout  # the standard error next to the mean KL
 
 
 def test_bad_input_fails_in_one_line_without_json(olmoe_gguf, variants, heldout, tmp_path):
