@@ -120,10 +120,29 @@ def run(path: Path = typer.Argument(..., help="GGUF file"),
         chat: bool = typer.Option(False, "--chat", help="render the prompt through the GGUF's chat template"),
         plan: Path = typer.Option(None, "--plan", help="plan JSON from `ggtool plan --json` (devices, layers, "
                                   "overrides, KV types)"),
-        rpc: list[str] = typer.Option([], "--rpc", help="HOST:PORT of an RPC device (repeatable)")) -> None:
-    """Generate a greedy completion with llama.cpp, streamed, with tokens/s at the end."""
-    from .run import stream
+        rpc: list[str] = typer.Option([], "--rpc", help="HOST:PORT of an RPC device (repeatable)"),
+        temp: float = typer.Option(None, "--temp", help="temperature; 0 is greedy (default: the GGUF's "
+                                   "general.sampling.temp, else 0.8 as llama-cli)"),
+        top_k: int = typer.Option(None, "--top-k", help="default: the GGUF's, else 40"),
+        top_p: float = typer.Option(None, "--top-p", help="default: the GGUF's, else 0.95"),
+        min_p: float = typer.Option(None, "--min-p", help="default: the GGUF's, else 0.05"),
+        repeat_penalty: float = typer.Option(None, "--repeat-penalty", help="over the last 64 tokens, prompt "
+                                             "included (default: the GGUF's, else 1.0: off)"),
+        seed: int = typer.Option(None, "--seed", help="sampler seed (default: random, printed at the end)"),
+        greedy: bool = typer.Option(False, "--greedy", help="always the most likely token (as --temp 0)")) -> None:
+    """Generate a completion with llama.cpp, streamed, with tokens/s at the end. Samples with the GGUF's
+    recommended settings (general.sampling.*, from generation_config.json) unless told otherwise."""
+    import random
 
+    from .run import recommended_sampling, stream
+
+    if seed is not None and not 0 <= seed < 0xFFFFFFFF:
+        raise GgtoolError(f"--seed {seed} is out of range", "use 0 to 4294967294")
+    if repeat_penalty is not None and repeat_penalty <= 0:
+        raise GgtoolError(f"--repeat-penalty {repeat_penalty} must be above 0", "1.0 turns the penalty off")
+    sampling = recommended_sampling(path, temperature=0.0 if greedy else temp, top_k=top_k, top_p=top_p,
+                                    min_p=min_p, repeat_penalty=repeat_penalty,
+                                    seed=seed if seed is not None else random.randrange(0xFFFFFFFF))
     plan_data = None
     if plan is not None:
         from .plan.export import load_plan
@@ -131,8 +150,8 @@ def run(path: Path = typer.Argument(..., help="GGUF file"),
         plan_data = load_plan(plan)
     # a chat answer starts on its own line; a plain completion continues the prompt's text
     out.print(prompt, style="dim", end="\n" if chat else "", markup=False, highlight=False)
-    r = stream(path, prompt, n, chat, plan_data, rpc, on_text=lambda t: out.print(t, end="", markup=False,
-                                                                               highlight=False))
+    r = stream(path, prompt, n, chat, plan_data, rpc, sampling=sampling,
+               on_text=lambda t: out.print(t, end="", markup=False, highlight=False))
     out.print()
     c = r.completion
     out.print(f"[dim]({c.n_prompt_tokens} prompt tokens, {c.n_tokens} generated, {r.tokens_per_s:.1f} tokens/s; "

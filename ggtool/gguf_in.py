@@ -191,3 +191,23 @@ def open_gguf(path: Path | str) -> gguf.GGUFReader:
 @functools.lru_cache(maxsize=4)
 def _read(key: tuple) -> gguf.GGUFReader:
     return gguf.GGUFReader(key[0])
+
+
+# -- recommended sampling -----------------------------------------------------------------------------
+# general.sampling.* (written from generation_config.json at conversion), by the name llama-cli options,
+# Ollama Modelfile parameters and ggtool's Sampling all give each setting
+SAMPLING_KEYS = {"temperature": gguf.Keys.General.SAMPLING_TEMP, "top_k": gguf.Keys.General.SAMPLING_TOP_K,
+                 "top_p": gguf.Keys.General.SAMPLING_TOP_P, "min_p": gguf.Keys.General.SAMPLING_MIN_P,
+                 "repeat_penalty": gguf.Keys.General.SAMPLING_PENALTY_REPEAT,
+                 "repeat_last_n": gguf.Keys.General.SAMPLING_PENALTY_LAST_N}
+_INTEGER_SETTINGS = {"top_k", "repeat_last_n"}
+
+
+def recommended_sampling(get) -> dict[str, float | int]:  # noqa: ANN001 (get: key -> value or None)
+    """The sampling settings a GGUF recommends, by name; `get` reads one metadata key."""
+    out: dict[str, float | int] = {}
+    for name, key in SAMPLING_KEYS.items():
+        v = get(key)
+        if v is not None:
+            out[name] = int(v) if name in _INTEGER_SETTINGS else round(float(v), 6)
+    return out

@@ -26,6 +26,7 @@ from pathlib import Path
 import gguf
 
 from .errors import GgtoolError
+from .gguf_in import recommended_sampling
 from .templates import render_chat
 
 ROLE_LETTERS = {"s": "system", "u": "user", "a": "assistant"}
@@ -35,11 +36,6 @@ CHECK_PROBES = ["suauau", "suasu", "uasuau", "suauasu"]
 # contents chosen to catch templates that transform content (trim, strip reasoning, escape braces...)
 AWKWARD = {"system": " Be brief.\n\n", "user": "  two\nlines {{ .Content }} \"q\" \n",
            "assistant": "<think>plan</think>\nanswer ", "user2": "\tok?"}
-SAMPLING_KEYS = [("temperature", gguf.Keys.General.SAMPLING_TEMP), ("top_p", gguf.Keys.General.SAMPLING_TOP_P),
-                 ("top_k", gguf.Keys.General.SAMPLING_TOP_K),
-                 ("repeat_penalty", gguf.Keys.General.SAMPLING_PENALTY_REPEAT)]
-
-
 @dataclass
 class ChatFormat:
     """A chat template reduced to fixed text around each message (what the Go template reproduces)."""
@@ -461,11 +457,7 @@ def read_gguf_chat(path: Path) -> GgufChat:
         return bytes(tokens.parts[tokens.data[int(tid)]]).decode("utf-8", "replace")
 
     arch = value("general.architecture")
-    sampling = {}
-    for name, key in SAMPLING_KEYS:
-        v = value(key)
-        if v is not None:
-            sampling[name] = round(float(v), 6) if name != "top_k" else int(v)
+    sampling = recommended_sampling(value)
     ctx = value(f"{arch}.context_length") if arch else None
     return GgufChat(value("general.name"), value("tokenizer.chat_template"), token_text("tokenizer.ggml.bos_token_id"),
                     token_text("tokenizer.ggml.eos_token_id"), bool(value("tokenizer.ggml.add_bos_token")),

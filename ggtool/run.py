@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from .errors import GgtoolError
-from .gguf_in import read_header
+from .gguf_in import read_header, recommended_sampling as gguf_sampling
 from .families import by_arch
-from .llama.model import ContextOptions, LlamaModel
+from .llama.model import ContextOptions, LlamaModel, Sampling
 from .templates import render_chat
 
 
@@ -33,6 +32,29 @@ def require_runnable(path: Path, action: str = "run") -> None:
                           f"{family.not_runnable_reason}", "`ggtool inspect` and `ggtool verify` work on it")
 
 
+LLAMA_CPP_DEFAULT_TEMPERATURE = 0.8  # llama-cli's, when the GGUF recommends none
+
+
+def recommended_sampling(path: Path, **overrides) -> Sampling:
+    """The GGUF's recommended sampling (general.sampling.*), else llama-cli's defaults; `overrides` that are
+    not None win. Temperature 0 is greedy."""
+    try:
+        recommended = gguf_sampling(read_header(path).get)
+    except GgtoolError:  # the load reports it
+        recommended = {}
+    values = {"temperature": LLAMA_CPP_DEFAULT_TEMPERATURE, **recommended}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Sampling(**values)
+
+
+def describe(s: Sampling) -> str:
+    """The sampler settings in one short phrase."""
+    penalty = f", repeat penalty {s.repeat_penalty:g}" if s.repeat_penalty != 1.0 else ""
+    if s.greedy:
+        return "greedy" + penalty
+    return f"temp {s.temperature:g}, top-k {s.top_k}, top-p {s.top_p:g}, min-p {s.min_p:g}{penalty}, seed {s.seed}"
+
+
 def _chat_prompt(model: LlamaModel, path: Path, prompt: str) -> tuple[str, str]:
     """One user turn rendered through the GGUF's chat template, and the text of its BOS token."""
     template = model.meta("tokenizer.chat_template")
@@ -49,8 +71,9 @@ def _chat_prompt(model: LlamaModel, path: Path, prompt: str) -> tuple[str, str]:
     return text, bos
 
 
-def complete(path: Path, prompt: str, max_tokens: int = 32, chat: bool = False, n_ctx: int = 1024) -> Completion:
-    """Greedy completion of `prompt` (rendered through the GGUF's chat template when `chat`)."""
+def complete(path: Path, prompt: str, max_tokens: int = 32, chat: bool = False, n_ctx: int = 1024,
+             sampling: Sampling | None = None) -> Completion:
+    """Completion of `prompt` (rendered through the GGUF's chat template when `chat`), greedy by default."""
     require_runnable(Path(path))
     with LlamaModel(path) as model:
         bos = ""
@@ -59,7 +82,7 @@ def complete(path: Path, prompt: str, max_tokens: int = 32, chat: bool = False, 
         # a template that writes BOS itself must not get a second one from the tokenizer
         add_special = not (chat and bos and prompt.startswith(bos))
         ids = model.tokenize(prompt, add_special=add_special, parse_special=chat)
-        out = model.generate(ids, max_tokens, ContextOptions(n_ctx=max(n_ctx, len(ids) + max_tokens)))
+        out = model.generate(ids, max_tokens, ContextOptions(n_ctx=max(n_ctx, len(ids) + max_tokens)), sampling)
         return Completion(prompt, model.detokenize(out), len(ids), len(out))
 
 
@@ -72,8 +95,10 @@ class StreamResult:
 
 
 def stream(path: Path, prompt: str, max_tokens: int = 128, chat: bool = False, plan: dict | None = None,
-           rpc: list[str] | None = None, n_ctx: int = 1024, on_text=None) -> StreamResult:
-    """Generate with a plan applied (devices, n_gpu_layers, overrides, KV types), calling on_text per piece."""
+           rpc: list[str] | None = None, n_ctx: int = 1024, on_text=None,
+           sampling: Sampling | None = None) -> StreamResult:
+    """Generate with a plan applied (devices, n_gpu_layers, overrides, KV types), calling on_text per piece;
+    greedy unless `sampling` says otherwise."""
     import time
 
     path = Path(path)
@@ -97,7 +122,7 @@ def stream(path: Path, prompt: str, max_tokens: int = 128, chat: bool = False, p
         out: list[int] = []
         pending = b""
         t0 = None
-        for tok in model.stream(ids, max_tokens, opts):
+        for tok in model.stream(ids, max_tokens, opts, sampling):
             if t0 is None:
                 t0 = time.perf_counter()  # the first token ends prompt processing
             out.append(tok)
@@ -112,7 +137,7 @@ def stream(path: Path, prompt: str, max_tokens: int = 128, chat: bool = False, p
         seconds = time.perf_counter() - t0 if t0 is not None else 0.0
         text = model.detokenize(out)
     tps = (len(out) - 1) / seconds if len(out) > 1 and seconds > 0 else 0.0
-    where = f"ngl {ngl}" + (f" on {', '.join(servers)}" if servers else "") + \
+    where = describe(sampling or Sampling()) + f"; ngl {ngl}" + (f" on {', '.join(servers)}" if servers else "") + \
         (f", {len(overrides)} overrides" if overrides else "") + f", KV {opts.type_k}/{opts.type_v}" + \
         (", flash attention" if opts.flash_attn else "")
     return StreamResult(Completion(prompt, text, len(ids), len(out)), seconds, tps, where)

@@ -52,7 +52,7 @@ def main() -> None:
          *map(str, sorted(ladder_dir.glob("*-Q*_K_M.gguf"))), "--publisher", "ggtool", "--model", "ggtool-tiny-moe",
          "--root", str(OUT / "lmstudio"), "--copy")
     step("chat with the Q4_K_M file", "run", str(q4), "--plan", str(plan), "--chat", "-p",
-         "What does the function os.path.join do?", "-n", "48")
+         "What does the function os.path.join do?", "-n", "48", "--seed", "0")
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     console.rule("[bold green]demo finished")
     for title, seconds in timings:

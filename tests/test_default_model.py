@@ -59,3 +59,36 @@ def test_ladder_on_the_default_model_importance_matrix_beats_a_flat_one(tmp_path
     with_matrix = {v.type: v.kl_mean for v in result.report.variants}
     for t in ("IQ2_M", "IQ3_M"):
         assert with_matrix[t] < flat_kl[t], f"{t}: KL {with_matrix[t]:.5f} with the importance matrix, {flat_kl[t]:.5f} flat"
+
+
+def test_run_samples_with_the_recommended_settings_and_the_penalty_breaks_greedy_loops(tmp_path: Path):
+    from dataclasses import replace
+
+    from ggtool.llama.model import Sampling
+    from ggtool.run import complete, recommended_sampling
+
+    from .conftest import run_cli
+
+    gguf = convert(DEFAULT_MODEL, tmp_path / "default-F16.gguf", "f16").dest
+    recommended = recommended_sampling(gguf)  # generation_config.json → general.sampling.* → the sampler
+    assert (recommended.temperature, recommended.top_k, recommended.top_p) == (0.7, 40, 0.9)
+    assert recommended_sampling(gguf, temperature=0.0, seed=5).greedy
+
+    prompt = "What does the function os.path.join do?"
+    sampled = [complete(gguf, prompt, 24, chat=True, sampling=replace(recommended, seed=k)).text for k in (1, 1, 2, 3)]
+    assert sampled[0] == sampled[1]  # a seed reproduces its text
+    assert len(set(sampled)) > 1  # and different seeds draw different texts
+
+    def distinct(text: str) -> float:
+        words = text.split()
+        return len(set(words)) / len(words)
+    greedy = complete(gguf, prompt, 48, chat=True).text
+    penalised = complete(gguf, prompt, 48, chat=True, sampling=Sampling(repeat_penalty=1.3)).text
+    assert distinct(greedy) < 0.5, greedy  # a model this small loops when always given its top token
+    assert distinct(penalised) > distinct(greedy), penalised
+
+    r = run_cli("run", gguf, "--chat", "-p", prompt, "-n", "8", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    assert "temp 0.7, top-k 40, top-p 0.9, min-p 0.05, seed 3" in r.stdout.replace("\n", " "), r.stdout
+    bad = run_cli("run", gguf, "--repeat-penalty", "0")
+    assert bad.returncode != 0 and "--repeat-penalty" in bad.stderr and "Traceback" not in bad.stderr

@@ -202,7 +202,7 @@ def test_plan_json_and_run_with_it(tiny_gguf, rpc_endpoint_cli, tmp_path):
         assert key in data
     assert data["rpc"] == [rpc_endpoint_cli] and data["n_gpu_layers"] > 0
     assert "-ngl" in r.stdout and "--rpc" in r.stdout and "num_gpu" in r.stdout
-    run = run_cli("run", tiny_gguf["Q4_K_M"], "--plan", out, "-p", "def main", "-n", "8", "--chat")
+    run = run_cli("run", tiny_gguf["Q4_K_M"], "--plan", out, "-p", "def main", "-n", "8", "--chat", "--greedy")
     assert run.returncode == 0, run.stderr
     assert re.search(r"8 generated, [\d.]+ tokens/s", run.stdout), run.stdout
     assert rpc_endpoint_cli in run.stdout

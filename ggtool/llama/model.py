@@ -1,4 +1,4 @@
-"""Loading a GGUF in llama.cpp through llama-cpp-python's C API: tokenize, logits, greedy generation.
+"""Loading a GGUF in llama.cpp through llama-cpp-python's C API: tokenize, logits, generation.
 
 This package is the only place that imports llama_cpp. llama.cpp's own log lines are captured
 instead of printed, so a failed load can be reported in one line with llama.cpp's reason.
@@ -48,6 +48,42 @@ def _last_error() -> str:
     lines = [ln.strip() for ln in log_lines() if ln.strip()]
     errors = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()]
     return (errors or lines or ["no log output"])[-1]
+
+
+@dataclass
+class Sampling:
+    """llama.cpp's sampler chain, in llama-cli's order: repetition penalty, top-k, top-p, min-p, temperature,
+    then a seeded draw. A temperature of 0 or less is greedy (the penalty still applies)."""
+
+    temperature: float = 0.0
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    def _chain(self, n_vocab: int):  # noqa: ANN202 (a llama_sampler pointer)
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if self.repeat_penalty != 1.0 and self.repeat_last_n != 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_penalties(n_vocab, self.repeat_last_n,
+                                                                            self.repeat_penalty, 0.0, 0.0))
+        if self.greedy:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+            return chain
+        if self.top_k > 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(self.top_k))
+        if self.top_p < 1.0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(self.top_p, 1))
+        if self.min_p > 0.0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_min_p(self.min_p, 1))
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(self.temperature))
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(self.seed & 0xFFFFFFFF))
+        return chain
 
 
 @dataclass
@@ -216,17 +252,20 @@ class LlamaModel:
         finally:
             L.llama_free(ctx)
 
-    def generate(self, ids: list[int], max_tokens: int, opts: ContextOptions | None = None) -> list[int]:
-        """Greedy continuation of `ids` by llama.cpp's sampler, stopping at end-of-generation."""
-        return list(self.stream(ids, max_tokens, opts))
+    def generate(self, ids: list[int], max_tokens: int, opts: ContextOptions | None = None,
+                 sampling: Sampling | None = None) -> list[int]:
+        """Continuation of `ids` by llama.cpp's sampler (greedy by default), stopping at end-of-generation."""
+        return list(self.stream(ids, max_tokens, opts, sampling))
 
-    def stream(self, ids: list[int], max_tokens: int, opts: ContextOptions | None = None) -> Iterator[int]:
-        """Greedy continuation of `ids`, one token id at a time as llama.cpp produces it."""
+    def stream(self, ids: list[int], max_tokens: int, opts: ContextOptions | None = None,
+               sampling: Sampling | None = None) -> Iterator[int]:
+        """Continuation of `ids` (greedy by default), one token id at a time as llama.cpp produces it."""
         opts = opts or ContextOptions(n_ctx=max(256, len(ids) + max_tokens))
         ctx = self._context(opts)
-        sampler = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-        L.llama_sampler_chain_add(sampler, L.llama_sampler_init_greedy())
+        sampler = (sampling or Sampling())._chain(self.n_vocab)
         try:
+            for tok in ids:  # as llama-cli: the prompt counts for the repetition penalty
+                L.llama_sampler_accept(sampler, tok)
             step = min(opts.n_batch, opts.n_ctx)
             for start in range(0, len(ids), step):
                 self._decode(ctx, ids[start:start + step], start, all_logits=False)
