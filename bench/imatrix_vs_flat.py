@@ -41,7 +41,8 @@ def main() -> None:
     print(f"base {base.name}, held-out {Path(r.text).name}, {r.n_tokens} scored tokens")
     by_stem = {Path(v.file).stem: v for v in r.variants}
     for stem, v in by_stem.items():
-        print(f"  {stem:<28} KL mean {v.kl_mean:.5f} ± {v.kl_stderr:.5f}  p99 {v.kl_p99:.4f}  top-1 {100 * v.top1:.1f}%")
+        print(f"  {stem:<28} KL mean {v.kl_mean:.5f} ± {v.kl_stderr:.5f}  p99 {v.kl_p99:.4f}  "
+              f"top-1 {100 * v.top1:.1f}%")
     print("paired, chunk by chunk (imatrix minus the other; negative: the importance matrix is better):")
     for t in ("IQ2_M", "IQ3_M", "IQ2_M+f16-out"):
         kind, _, suffix = t.partition("+")

@@ -36,6 +36,8 @@ CHECK_PROBES = ["suauau", "suasu", "uasuau", "suauasu"]
 # contents chosen to catch templates that transform content (trim, strip reasoning, escape braces...)
 AWKWARD = {"system": " Be brief.\n\n", "user": "  two\nlines {{ .Content }} \"q\" \n",
            "assistant": "<think>plan</think>\nanswer ", "user2": "\tok?"}
+
+
 @dataclass
 class ChatFormat:
     """A chat template reduced to fixed text around each message (what the Go template reproduces)."""

@@ -58,7 +58,7 @@ def test_ladder_on_the_default_model_importance_matrix_beats_a_flat_one(tmp_path
     flat_kl = {v.type: v.kl_mean for v in evaluate(result.base, flat_files).variants}
     with_matrix = {v.type: v.kl_mean for v in result.report.variants}
     for t in ("IQ2_M", "IQ3_M"):
-        assert with_matrix[t] < flat_kl[t], f"{t}: KL {with_matrix[t]:.5f} with the importance matrix, {flat_kl[t]:.5f} flat"
+        assert with_matrix[t] < flat_kl[t], f"{t}: KL {with_matrix[t]:.5f} with the matrix, {flat_kl[t]:.5f} flat"
 
 
 def test_run_samples_with_the_recommended_settings_and_the_penalty_breaks_greedy_loops(tmp_path: Path):
