@@ -5,9 +5,14 @@ LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 # RPC lets the planner's tests use a loopback second device on machines without a GPU
 export CMAKE_ARGS ?= -DGGML_RPC=on
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench clean llama-src
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed llama-src
+
+# the llama.cpp source the pinned llama-cpp-python vendors (tokenizer test vectors, templates, common/jinja):
+# fetched once with pip into ~/.cache/ggtool (or $$GGTOOL_LLAMA_SRC)
+llama-src:
+	@python3 ggtool/llama/source.py >/dev/null
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)

@@ -16,10 +16,11 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ggtool" / "llama"))
+import source  # noqa: E402  (ggtool/llama/source.py, importable without llama_cpp)
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = ("llama-quantize", "llama-imatrix", "llama-bench", "llama-completion", "llama-cli", "llama-fit-params",
@@ -49,35 +50,9 @@ class Reference:
         return self.src / "gguf-py"
 
 
-def pinned_version() -> str:
-    """The llama-cpp-python version pinned in pyproject.toml."""
-    m = re.search(r'"llama-cpp-python==([^"]+)"', (REPO / "pyproject.toml").read_text())
-    if not m:
-        raise SystemExit("no llama-cpp-python==<version> pin in pyproject.toml")
-    return m.group(1)
-
-
 def cache_root(version: str) -> Path:
     base = Path(os.environ.get("GGTOOL_BENCH_CACHE", Path.home() / ".cache" / "ggtool-bench"))
     return base / f"llama.cpp-{version}"
-
-
-def fetch_source(version: str, dest: Path) -> None:
-    """Download the sdist with pip and extract its vendor/llama.cpp into `dest`."""
-    with tempfile.TemporaryDirectory(prefix="ggtool-sdist-") as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                        "-d", tmp, f"llama-cpp-python=={version}"], check=True)
-        archive = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        with tarfile.open(archive) as tar:
-            try:
-                tar.extractall(tmp, filter="data")
-            except TypeError:  # Python without extraction filters (before 3.10.12 / 3.11.4): PyPI's own sdist
-                tar.extractall(tmp)
-        vendored = next(Path(tmp).glob("llama_cpp_python-*/vendor/llama.cpp"))
-        staging = dest.with_name(dest.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.move(str(vendored), staging)
-        staging.rename(dest)
 
 
 def cmake() -> str:
@@ -117,13 +92,14 @@ def build(ref: Reference, jobs: int) -> None:
 
 def ensure(jobs: int = 2) -> Reference:
     """The cached reference build, fetching and building it first if missing."""
-    version = pinned_version()
+    version = source.pinned_version()
     root = cache_root(version)
     root.mkdir(parents=True, exist_ok=True)
-    ref = Reference(version, root, root / "src", root / "bin")
-    if not ref.src.exists():
+    src = source.source_dir(download=False)
+    if src is None:
         print(f"fetching llama-cpp-python {version} sdist ...", file=sys.stderr)
-        fetch_source(version, ref.src)
+        src = source.source_dir(download=True)
+    ref = Reference(version, root, src, root / "bin")
     if not ref.bin.exists():
         print(f"building llama.cpp tools in {root / 'build'} (-j{jobs}; takes a while once) ...", file=sys.stderr)
         build(ref, jobs)
