@@ -5,14 +5,20 @@ LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 # RPC lets the planner's tests use a loopback second device on machines without a GPU
 export CMAKE_ARGS ?= -DGGML_RPC=on
 
-.PHONY: install test demo bench clean llama-src
+.PHONY: install test demo bench clean llama-src template-engines
 
-install: $(VENV)/.installed llama-src
+install: $(VENV)/.installed llama-src template-engines
 
 # the llama.cpp source the pinned llama-cpp-python vendors (tokenizer test vectors, templates, common/jinja):
 # fetched once with pip into ~/.cache/ggtool (or $$GGTOOL_LLAMA_SRC)
 llama-src:
 	@python3 ggtool/llama/source.py >/dev/null
+
+# the chat-template engines users run, for the template check (ggtool/engines): llama.cpp's common/jinja compiled
+# against the vendored source (needs g++), and the pinned npm @huggingface/jinja installed with npm ci (needs Node);
+# both cached in ~/.cache/ggtool/engines, so this is quick once done
+template-engines: $(VENV)/.installed llama-src
+	$(PY) -m ggtool.engines
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)

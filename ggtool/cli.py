@@ -87,6 +87,13 @@ def inspect(path: Path = typer.Argument(..., help="GGUF file"),
     for g, n in sorted(info.groups.items(), key=lambda kv: -kv[1]):
         groups.add_row(g, human(n), f"{100 * n / total:.1f}%")
     out.print(groups)
+    from .vocab import NORMALIZER_KEY
+
+    if info.metadata.get(NORMALIZER_KEY) not in (None, "none"):
+        form = info.metadata[NORMALIZER_KEY]
+        out.print(f"[yellow]note:[/] the source tokenizer applies {form} ({NORMALIZER_KEY}); llama.cpp does not: same "
+                  f"token ids on text already in {form}, possibly others on text that is not", soft_wrap=True,
+                  highlight=False)
 
 
 @app.command()
@@ -106,7 +113,14 @@ def verify(src: Path = typer.Argument(..., help="the checkpoint folder the GGUF 
                   f"≤ {t.max_rel_diff:g}" if t.max_rel_diff is not None else "")
     table.add_row("top-1 agreement", f"{100 * r.top1_agreement:.2f}%", f"≥ {100 * t.min_top1:g}%")
     table.add_row("mean KL divergence", f"{r.mean_kl:.3g}", f"≤ {t.max_mean_kl:g}")
+    if r.tokenizer is not None:
+        k = r.tokenizer
+        how = f", probe {k.normal_form}-normalized as the tokenizer does (llama.cpp does not)" if k.normal_form else ""
+        table.add_row("token ids vs tokenizer.json", f"{k.n_lines - k.mismatches}/{k.n_lines} lines same "
+                      f"({k.n_tokens} tokens{how})", "all lines")
     out.print(table)
+    if r.tokenizer is not None and r.tokenizer.known_difference:
+        out.print(f"[yellow]known difference:[/] {r.tokenizer.known_difference}", soft_wrap=True, highlight=False)
     if not r.passed:
         err.print(f"[red]verify failed:[/] outside the tolerance ({r.compared})", soft_wrap=True)
         raise typer.Exit(1)
@@ -444,12 +458,14 @@ def ladder(src: Path = typer.Argument(None, help="checkpoint folder or base GGUF
 def modelfile(model: Path = typer.Argument(..., help="GGUF file"),
               output: Path = typer.Option(..., "-o", "--output", help="Modelfile to write"),
               plan: Path = typer.Option(None, "--plan", help="plan JSON from `ggtool plan` (num_ctx, num_gpu)"),
-              strict: bool = typer.Option(False, "--strict", help="also refuse templates that trim message content")
+              strict: bool = typer.Option(False, "--strict", help="also refuse templates that trim message content"),
+              force: bool = typer.Option(False, "--force", help="write it even if llama.cpp's template engine "
+                                         "renders the template unlike jinja2")
               ) -> None:
     """Write an Ollama Modelfile whose TEMPLATE reproduces the GGUF's chat template exactly."""
     from .ollama import write_modelfile
 
-    r = write_modelfile(model, output, plan, strict)
+    r = write_modelfile(model, output, plan, strict, force)
     for note in r.notes:
         err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     out.print(f"[green]wrote[/] {r.dest}  (ollama create NAME -f {r.dest})")
@@ -464,12 +480,16 @@ def export_lmstudio(models: list[Path] = typer.Argument(..., help="GGUF files (v
                     publisher: str = typer.Option(..., "--publisher", help="LM Studio publisher folder"),
                     model: str = typer.Option(..., "--model", help="LM Studio model folder"),
                     root: Path = typer.Option(None, "--root", help="models folder (default ~/.lmstudio/models)"),
-                    link: bool = typer.Option(True, "--link/--copy", help="hard-link the files (else copy them)")
+                    link: bool = typer.Option(True, "--link/--copy", help="hard-link the files (else copy them)"),
+                    force: bool = typer.Option(False, "--force", help="export even if @huggingface/jinja or "
+                                               "llama.cpp renders the chat template unlike jinja2")
                     ) -> None:
     """Place GGUF variants where LM Studio finds them (<root>/PUBLISHER/MODEL/) with a model.yaml."""
     from .lmstudio import export
 
-    r = export(models, publisher, model, root, link)
+    r = export(models, publisher, model, root, link, force)
+    for w in r.warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     for f in r.files:
         out.print(f"[green]placed[/] {f}")
     out.print(f"[green]wrote[/] {r.model_yaml}")
@@ -481,7 +501,9 @@ def publish(folder: Path = typer.Argument(..., help="ladder folder (*.gguf, qual
             private: bool = typer.Option(False, "--private", help="create the repo private"),
             dry_run: bool = typer.Option(False, "--dry-run", help="write README.md (the model card) only"),
             recommend: list[str] = typer.Option([], "--recommend", help="BUDGET=FILE for the card's 'which file "
-                                                "for your memory' table, e.g. '1 GiB VRAM + 6 GiB RAM=M-IQ3_M.gguf'")
+                                                "for your memory' table, e.g. '1 GiB VRAM + 6 GiB RAM=M-IQ3_M.gguf'"),
+            force: bool = typer.Option(False, "--force", help="publish even if an engine users run (llama.cpp, "
+                                       "@huggingface/jinja) renders a chat template unlike jinja2")
             ) -> None:
     """Upload a ladder folder to the Hugging Face Hub with a generated model card."""
     from .hub import publish as run_publish
@@ -489,7 +511,9 @@ def publish(folder: Path = typer.Argument(..., help="ladder folder (*.gguf, qual
     pairs = [tuple(r.rsplit("=", 1)) for r in recommend]
     if any(len(p) != 2 for p in pairs):
         raise GgtoolError("--recommend takes BUDGET=FILE")
-    r = run_publish(folder, repo, private=private, dry_run=dry_run, recommendations=pairs or None)
+    r = run_publish(folder, repo, private=private, dry_run=dry_run, recommendations=pairs or None, force=force)
+    for w in r.warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     out.print(f"[green]{'card written' if dry_run else 'uploaded'}[/] {r.repo}: {len(r.files)} files "
               f"(model card {r.card})")
 

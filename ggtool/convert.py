@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -83,6 +84,12 @@ def convert(src: Path, dest: Path, outtype: str = "f16",
     types = [tensor_type(t, qtype) for t in plan]
     vocab = family.vocab(ckpt)
     check_destination(dest, ckpt.input_paths())
+    if vocab.chat_template:  # a warning here; modelfile, export lmstudio and publish refuse
+        from .template_check import check_template
+
+        bos, eos = (vocab.tokens[vocab.special[k]] if k in vocab.special else "" for k in ("bos", "eos"))
+        for outcome in check_template(vocab.chat_template, bos, eos).problems():
+            warnings.warn(f"{src}: chat template: {outcome.line()}", stacklevel=2)
     total, shared, expert, count = parameter_counts(plan)
 
     def add_metadata(w: gguf.GGUFWriter) -> None:

@@ -89,6 +89,9 @@ def copy_tokenizer(src: Path, dst: Path) -> None:
     for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "chat_template.jinja"):
         if (src / name).exists():
             (dst / name).write_bytes((src / name).read_bytes())
+    for path in sorted((src / "additional_chat_templates").glob("*.jinja")):
+        (dst / "additional_chat_templates").mkdir(exist_ok=True)
+        (dst / "additional_chat_templates" / path.name).write_bytes(path.read_bytes())
 
 
 def save_random_model(model_class, config, folder: Path, seed: int, dtype: str) -> None:
@@ -120,6 +123,20 @@ def make_olmoe(folder: Path, tokenizer_dir: Path, *, seed: int = 0, hidden_size:
                     bos_token_id=None, tie_word_embeddings=False)
     config = OlmoeConfig(**{**settings, **overrides})
     save_random_model(OlmoeForCausalLM, config, folder, seed, dtype)
+    copy_tokenizer(tokenizer_dir, folder)
+    return folder
+
+
+def make_tiny_olmoe(folder: Path, tokenizer_dir: Path, *, vocab_size: int, seed: int = 0) -> Path:
+    """The smallest OLMoE that carries a given tokenizer (hidden 16, one layer, 2 experts): for tokenizer tests
+    on large vocabularies, where the weights only need to exist."""
+    from transformers import OlmoeConfig, OlmoeForCausalLM
+
+    config = OlmoeConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_experts=2, num_experts_per_tok=1,
+                         max_position_embeddings=256, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+                         tie_word_embeddings=False)
+    save_random_model(OlmoeForCausalLM, config, folder, seed, "float16")
     copy_tokenizer(tokenizer_dir, folder)
     return folder
 

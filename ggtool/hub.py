@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -170,10 +170,31 @@ class PublishResult:
     repo: str
     files: list[str]
     card: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_templates(ggufs: list[Path], force: bool) -> list[str]:
+    """Every distinct chat template among `ggufs` through the engines users run (refused unless `force`)."""
+    from .ollama import read_gguf_chat
+    from .template_check import ENGINES, check_template, enforce
+
+    seen: dict[tuple, list[str]] = {}
+    out: list[str] = []
+    for path in ggufs:
+        if path.name.startswith("imatrix"):
+            continue
+        chat = read_gguf_chat(path)
+        if not chat.template:
+            continue
+        key = (chat.template, chat.bos, chat.eos)
+        if key not in seen:
+            seen[key] = enforce(check_template(chat.template, chat.bos, chat.eos), str(path), ENGINES, force)
+            out += seen[key]
+    return out
 
 
 def publish(folder: Path, repo: str, *, api=None, private: bool = False, dry_run: bool = False,  # noqa: ANN001
-            recommendations: list[tuple[str, str]] | None = None) -> PublishResult:
+            recommendations: list[tuple[str, str]] | None = None, force: bool = False) -> PublishResult:
     """Upload the ladder in `folder` (*.gguf, Modelfile, quality.json...) and a generated README.md to `repo`,
     in one commit. `api`: a huggingface_hub.HfApi (or a stand-in with create_repo / create_commit)."""
     folder = Path(folder)
@@ -191,10 +212,11 @@ def publish(folder: Path, repo: str, *, api=None, private: bool = False, dry_run
     unknown = [f for _, f in recommendations or [] if not (folder / f).is_file()]
     if unknown:
         raise GgtoolError(f"recommended file(s) not in {folder}: {', '.join(unknown)}")
+    warnings = check_templates([p for p in files if p.suffix == ".gguf"], force)
     card = model_card(folder, repo, recommendations)
     if dry_run:
         (folder / "README.md").write_text(card, encoding="utf-8")
-        return PublishResult(repo, [p.name for p in files], str(folder / "README.md"))
+        return PublishResult(repo, [p.name for p in files], str(folder / "README.md"), warnings)
     from huggingface_hub import CommitOperationAdd, HfApi
 
     api = api or HfApi()
@@ -203,4 +225,4 @@ def publish(folder: Path, repo: str, *, api=None, private: bool = False, dry_run
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
     api.create_commit(repo, operations=ops, commit_message=f"ggtool publish: {len(files)} files",
                       repo_type="model")
-    return PublishResult(repo, [p.name for p in files] + ["README.md"], "README.md")
+    return PublishResult(repo, [p.name for p in files] + ["README.md"], "README.md", warnings)

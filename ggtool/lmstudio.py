@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
@@ -18,6 +18,7 @@ import yaml
 
 from .errors import GgtoolError
 from .ollama import read_gguf_chat
+from .template_check import ENGINES, check_template, enforce
 from .templates import render_chat
 
 DEFAULT_ROOT = Path("~/.lmstudio/models")
@@ -43,6 +44,7 @@ class ExportResult:
     folder: Path
     files: list[Path]
     model_yaml: Path
+    warnings: list[str] = field(default_factory=list)
 
 
 def _safe_component(value: str, what: str) -> str:
@@ -51,8 +53,11 @@ def _safe_component(value: str, what: str) -> str:
     return value
 
 
-def check_variant(path: Path) -> Variant:
-    """Refuse a GGUF that lacks what LM Studio reads; else what model.yaml says about it."""
+def check_variant(path: Path, force: bool = False, warnings: list[str] | None = None) -> Variant:
+    """Refuse a GGUF that lacks what LM Studio reads, or whose template an engine LM Studio uses renders unlike
+    jinja2 (unless `force`; then, and for engines that could not run, lines are added to `warnings`); else what
+    model.yaml says about it."""
+    warnings = [] if warnings is None else warnings
     path = Path(path)
     chat = read_gguf_chat(path)
     missing = [what for what, ok in (("general.name", chat.name), ("a context length", chat.context_length),
@@ -69,6 +74,8 @@ def check_variant(path: Path) -> Variant:
     if lost:
         raise GgtoolError(f"{path}: its chat template drops the {', '.join(lost)} turn(s)",
                           "LM Studio would send the model a prompt without them")
+    # LM Studio renders with @huggingface/jinja; its llama.cpp runtime (llama-server) with llama.cpp's engine
+    warnings += enforce(check_template(chat.template, chat.bos, chat.eos), str(path), ENGINES, force)
     r = gguf.GGUFReader(path)
     arch = r.get_field("general.architecture").contents()
     ft = r.get_field("general.file_type")
@@ -110,7 +117,8 @@ def _place(src: Path, dst: Path, link: bool) -> None:
     shutil.copy2(src, dst)
 
 
-def export(models: list[Path], publisher: str, model: str, root: Path | None = None, link: bool = True) -> ExportResult:
+def export(models: list[Path], publisher: str, model: str, root: Path | None = None, link: bool = True,
+           force: bool = False) -> ExportResult:
     """Place `models` (variants of one model) in <root>/<publisher>/<model>/ with a model.yaml, atomically."""
     publisher, model = _safe_component(publisher, "publisher"), _safe_component(model, "model")
     if not models:
@@ -118,7 +126,8 @@ def export(models: list[Path], publisher: str, model: str, root: Path | None = N
     names = [Path(m).name for m in models]
     if len(set(names)) != len(names):
         raise GgtoolError("two variants have the same file name", "rename one; LM Studio lists them by file name")
-    variants = [check_variant(Path(m)) for m in models]
+    warnings: list[str] = []
+    variants = [check_variant(Path(m), force, warnings) for m in models]
     archs = {v.arch for v in variants}
     if len(archs) > 1:
         raise GgtoolError(f"the files are not variants of one model (architectures {', '.join(sorted(archs))})")
@@ -140,4 +149,4 @@ def export(models: list[Path], publisher: str, model: str, root: Path | None = N
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
-    return ExportResult(dest, [dest / n for n in names], dest / "model.yaml")
+    return ExportResult(dest, [dest / n for n in names], dest / "model.yaml", warnings)

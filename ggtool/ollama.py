@@ -485,14 +485,21 @@ class ModelfileResult:
     notes: list[str]
 
 
-def write_modelfile(model: Path, dest: Path, plan: Path | None = None, strict: bool = False) -> ModelfileResult:
-    """Write an Ollama Modelfile for `model` (a GGUF) at `dest`, FROM relative to the Modelfile's folder."""
+def write_modelfile(model: Path, dest: Path, plan: Path | None = None, strict: bool = False,
+                    force: bool = False) -> ModelfileResult:
+    """Write an Ollama Modelfile for `model` (a GGUF) at `dest`, FROM relative to the Modelfile's folder. Refuses
+    a template llama.cpp's engine (Ollama >= 0.30 renders the GGUF's Jinja with it) renders unlike jinja2,
+    unless `force`."""
     model, dest = Path(model), Path(dest)
     chat = read_gguf_chat(model)
     if not chat.template:
         raise GgtoolError(f"{model}: has no tokenizer.chat_template", "convert it from a folder with a chat template")
     if not dest.parent.is_dir():
         raise GgtoolError(f"{dest.parent}: output folder does not exist")
+    from .template_check import LLAMA_CPP, check_template, enforce
+
+    engine_notes = enforce(check_template(chat.template, chat.bos, chat.eos, (LLAMA_CPP,)), str(model), (LLAMA_CPP,),
+                           force)
     rel = os.path.relpath(model.resolve(), dest.parent.resolve())
     params = dict(chat.sampling)
     if plan is not None:
@@ -505,7 +512,7 @@ def write_modelfile(model: Path, dest: Path, plan: Path | None = None, strict: b
 
     with atomic_output(dest) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    return ModelfileResult(dest, text, fmt.notes)
+    return ModelfileResult(dest, text, [*engine_notes, *fmt.notes])
 
 
 # -- the Modelfiles in modelfiles/ for the seed families ----------------------------------------------

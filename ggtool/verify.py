@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -44,6 +45,25 @@ TOLERANCES = {
 }
 
 
+# text whose accents are decomposed (e + U+0301): not NFC, so a tokenizer that normalizes sees other text
+DECOMPOSED_PROBE = "cafe\u0301 nai\u0308ve re\u0301sume\u0301 A\u030angstro\u0308m"
+
+
+@dataclass
+class TokenizerCheck:
+    """The GGUF's token ids (llama.cpp) against the checkpoint's tokenizer.json (HF tokenizers) on the probe."""
+
+    n_tokens: int
+    mismatches: int  # probe lines whose ids differ
+    n_lines: int
+    normal_form: str | None = None  # the GGUF records a normalizer llama.cpp does not apply: the probe was normalized
+    known_difference: str | None = None  # where ids differ by design (text not in the normal form)
+
+    @property
+    def passed(self) -> bool:
+        return self.mismatches == 0
+
+
 @dataclass
 class VerifyResult:
     """How llama.cpp's logits on the GGUF compare with the reference implementation's."""
@@ -56,6 +76,7 @@ class VerifyResult:
     file_type: str
     tolerance: Tolerance
     compared: str = "llama.cpp on the GGUF vs the reference implementation on the checkpoint"
+    tokenizer: TokenizerCheck | None = None  # None: no tokenizer.json to compare with
 
     @property
     def rel_diff(self) -> float:
@@ -65,7 +86,8 @@ class VerifyResult:
     def passed(self) -> bool:
         t = self.tolerance
         return ((t.max_rel_diff is None or self.rel_diff <= t.max_rel_diff)
-                and self.top1_agreement >= t.min_top1 and self.mean_kl <= t.max_mean_kl)
+                and self.top1_agreement >= t.min_top1 and self.mean_kl <= t.max_mean_kl
+                and (self.tokenizer is None or self.tokenizer.passed))
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -89,12 +111,44 @@ def file_type_of(path: Path) -> gguf.LlamaFileType:
     return gguf.LlamaFileType(int(file_type))
 
 
-def sample_ids(model: LlamaModel, n_tokens: int) -> list[int]:
-    """`n_tokens` ids of a fixed mixed text, tokenized by the GGUF's own tokenizer."""
+def sample_ids(model: LlamaModel, n_tokens: int, normal_form: str | None = None) -> list[int]:
+    """`n_tokens` ids of a fixed mixed text, tokenized by the GGUF's own tokenizer (after the recorded normal form)."""
+    text = unicodedata.normalize(normal_form, SAMPLE_TEXT) if normal_form else SAMPLE_TEXT
     ids: list[int] = []
     while len(ids) < n_tokens:
-        ids += model.tokenize(SAMPLE_TEXT)
+        ids += model.tokenize(text)
     return ids[:n_tokens]
+
+
+def check_tokenizer(src: Path, model: LlamaModel, normal_form: str | None) -> TokenizerCheck | None:
+    """llama.cpp's ids for the probe lines against the checkpoint's tokenizer.json; with a recorded normal form the
+    probe given to llama.cpp is normalized first (as the source tokenizer does), and a decomposed-accent probe
+    shows the known difference on text that is not in that form."""
+    path = Path(src) / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return None
+    try:
+        hf = Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - the tokenizers library's own parse errors
+        raise GgtoolError(f"{path}: the tokenizers library cannot read it ({e})") from None
+    lines = [line for line in SAMPLE_TEXT.splitlines(keepends=True) if line.strip()]
+    mismatches = n_tokens = 0
+    for line in lines:
+        expected = hf.encode(line, add_special_tokens=False).ids
+        got = model.tokenize(unicodedata.normalize(normal_form, line) if normal_form else line)
+        mismatches += got != expected
+        n_tokens += len(expected)
+    known = None
+    if normal_form:
+        raw, hf_ids = model.tokenize(DECOMPOSED_PROBE), hf.encode(DECOMPOSED_PROBE, add_special_tokens=False).ids
+        if raw != hf_ids:
+            known = (f"text not in {normal_form} (decomposed accents: {len(raw)} llama.cpp ids vs {len(hf_ids)} from "
+                     f"the source tokenizer): llama.cpp does not normalize; {normal_form}-normalize prompts first")
+    return TokenizerCheck(n_tokens, mismatches, len(lines), normal_form, known)
 
 
 def verify_readback(family, src: Path, gguf_path: Path, n_tokens: int, ftype: gguf.LlamaFileType,
@@ -125,8 +179,13 @@ def verify(src: Path, gguf_path: Path, n_tokens: int = 64) -> VerifyResult:
     tol = TOLERANCES[ftype]
     if not family.runnable:
         return verify_readback(family, Path(src), Path(gguf_path), n_tokens, ftype, tol)
+    from .gguf_in import read_header
+    from .vocab import NORMALIZER_KEY
+
+    form = read_header(Path(gguf_path)).get(NORMALIZER_KEY)
     with LlamaModel(gguf_path) as model:
-        ids = sample_ids(model, n_tokens)
+        tokenizer = check_tokenizer(Path(src), model, form)
+        ids = sample_ids(model, n_tokens, form)
         got = model.logits(ids, ContextOptions(n_ctx=max(256, n_tokens), type_k=tol.kv_type, type_v=tol.kv_type))
     ref = family.reference_logits(Path(src), ids)
     if ref.shape != got.shape:
@@ -135,4 +194,4 @@ def verify(src: Path, gguf_path: Path, n_tokens: int = 64) -> VerifyResult:
     return VerifyResult(n_tokens=len(ids), max_abs_diff=float(np.abs(got - ref).max()),
                         max_abs_logit=float(np.abs(ref).max()),
                         top1_agreement=float((got.argmax(-1) == ref.argmax(-1)).mean()),
-                        mean_kl=mean_kl(ref, got), file_type=ftype.name, tolerance=tol)
+                        mean_kl=mean_kl(ref, got), file_type=ftype.name, tolerance=tol, tokenizer=tokenizer)

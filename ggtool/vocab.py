@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,6 +19,7 @@ from typing import Any, Iterator
 import gguf
 
 from .errors import GgtoolError
+from .pre_tokenizers import GPT2_SPLIT, LLAMA3_SPLIT, LLAMA_PRE_TOKENIZERS, PreTokenizer, choose, flatten  # noqa: F401
 
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
 
@@ -25,33 +27,49 @@ SPECIAL_KEYS = {"bos": "tokenizer.ggml.bos_token_id", "eos": "tokenizer.ggml.eos
                 "pad": "tokenizer.ggml.padding_token_id", "unk": "tokenizer.ggml.unknown_token_id",
                 "eot": "tokenizer.ggml.eot_token_id"}
 
-# The split regexes of HF's ByteLevel(use_regex=True) pre-tokenizer.
-GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN35_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Unicode normal forms llama.cpp does not apply but that leave text already in that form as it is: converted,
+# with a warning, and recorded under NORMALIZER_KEY (inspect and verify report it; verify normalizes its probe)
+NORMAL_FORMS = ("NFC", "NFKC")
+NORMALIZER_KEY = "tokenizer.ggml.normalizer"
+# normalizers that change ordinary text, and how: refused
+_CHANGES_TEXT = {
+    "NFD": "decomposes accented letters that ordinary text carries precomposed",
+    "NFKD": "decomposes accented letters that ordinary text carries precomposed",
+    "Lowercase": "lowercases all text", "StripAccents": "removes accents",
+    "Strip": "strips whitespace at the ends", "Replace": "replaces text", "Prepend": "prepends text",
+    "Append": "appends text", "BertNormalizer": "cleans control characters, spaces out CJK and may lowercase",
+    "Precompiled": "applies a SentencePiece character map", "ByteLevel": "maps bytes to symbols before the model",
+}
 
 
-@dataclass(frozen=True)
-class PreTokenizer:
-    """One llama.cpp pre-tokenizer (`tokenizer.ggml.pre`) as the HF rules it reproduces."""
+def normal_form(normalizer: dict | None, where: str) -> str | None:
+    """The Unicode normal form a tokenizer.json normalizer applies (NFC/NFKC, also in a Sequence), or None; any
+    normalizer that changes ordinary text is refused with what it does."""
+    if not normalizer:
+        return None
+    steps = normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence" else [normalizer]
+    kinds = []
+    for step in steps:
+        kind = (step or {}).get("type")
+        if kind == "Sequence":
+            inner = normal_form(step, where)
+            kinds += [inner] if inner else []
+        elif kind in NORMAL_FORMS:
+            kinds.append(kind)
+        else:
+            what = _CHANGES_TEXT.get(kind, "changes the text before tokenizing")
+            raise GgtoolError(f"{where}: normalizer {kind} {what}, which llama.cpp's byte-level BPE tokenizers do "
+                              "not do", "ggtool refuses rather than write a GGUF that tokenizes differently")
+    if not kinds:
+        return None
+    return "NFKC" if "NFKC" in kinds else "NFC"  # NFKC after or before NFC is NFKC
 
-    name: str
-    splits: tuple[str, ...]  # regexes applied in order, each isolating its matches
-    ignore_merges: bool = False  # llama.cpp looks whole pre-tokens up in the vocab before merging
 
-
-# llama.cpp's byte-level pre-tokenizers (src/llama-vocab.cpp), written as the tokenizer.json rules they implement.
-LLAMA_PRE_TOKENIZERS = [
-    PreTokenizer("gpt-2", (GPT2_SPLIT,)),
-    PreTokenizer("starcoder", (r"\p{N}", GPT2_SPLIT)),
-    PreTokenizer("llama-bpe", (LLAMA3_SPLIT,), ignore_merges=True),
-    PreTokenizer("qwen2", (QWEN2_SPLIT,)),
-    PreTokenizer("qwen35", (QWEN35_SPLIT,)),
-]
+def normal_form_warning(form: str, where: str) -> str:
+    """The one line convert prints for a tokenizer whose normal form llama.cpp does not apply."""
+    return (f"{where}: normalizer {form} is not applied by llama.cpp: the GGUF gives the same token ids on text "
+            f"already in {form} (most text), and may give others where it is not (e.g. decomposed accents); "
+            f"recorded as {NORMALIZER_KEY}={form}")
 
 
 @dataclass
@@ -69,6 +87,7 @@ class Vocab:
     add_eos: bool = False
     chat_template: str | None = None
     named_templates: dict[str, str] = field(default_factory=dict)
+    normalizer: str | None = None  # a normal form llama.cpp does not apply (NORMAL_FORMS), recorded
 
     def write(self, w: gguf.GGUFWriter) -> None:
         """Add the tokenizer keys to a GGUF writer."""
@@ -84,66 +103,23 @@ class Vocab:
             w.add_uint32(SPECIAL_KEYS[kind], token_id)
         w.add_add_bos_token(self.add_bos)
         w.add_add_eos_token(self.add_eos)
-        if self.chat_template:
+        if self.named_templates:  # as gguf-py writes them: tokenizer.chat_template.<name> + tokenizer.chat_templates
+            w.add_chat_template([*([{"name": "default", "template": self.chat_template}] if self.chat_template else []),
+                                 *({"name": n, "template": t} for n, t in self.named_templates.items())])
+        elif self.chat_template:
             w.add_chat_template(self.chat_template)
-        for name, template in self.named_templates.items():
-            w.add_string(f"tokenizer.chat_template.{name}", template)
-
-
-def _flatten_pre_tokenizer(node: dict | None, where: str) -> tuple[list[str], bool]:
-    """The ordered split regexes of an HF pre-tokenizer definition, and whether it is byte-level."""
-    if node is None:
-        return [], False
-    kind = node.get("type")
-    if kind == "Sequence":
-        splits, byte_level = [], False
-        for child in node.get("pretokenizers", []):
-            s, b = _flatten_pre_tokenizer(child, where)
-            splits += s
-            byte_level |= b
-        return splits, byte_level
-    if kind == "ByteLevel":
-        if node.get("add_prefix_space", False):
-            raise GgtoolError(f"{where}: pre-tokenizer ByteLevel has add_prefix_space=true, which llama.cpp's "
-                              "byte-level tokenizers never do", "ggtool refuses rather than tokenize differently")
-        return ([GPT2_SPLIT] if node.get("use_regex", True) else []), True
-    if kind == "Split":
-        pattern = node.get("pattern", {})
-        regex = pattern.get("Regex")
-        if regex is None:
-            regex = "".join("\\" + ch if ch in r".^$*+?()[]{}|\\" else ch for ch in pattern.get("String", ""))
-        if node.get("behavior") != "Isolated" or node.get("invert", False):
-            raise GgtoolError(f"{where}: pre-tokenizer Split with behavior={node.get('behavior')} "
-                              f"invert={node.get('invert', False)}: llama.cpp's pre-tokenizers only isolate matches")
-        return [regex], False
-    if kind == "Digits":
-        return [r"\p{N}" if node.get("individual_digits", False) else r"\p{N}+"], False
-    raise GgtoolError(f"{where}: pre-tokenizer {kind} has no llama.cpp equivalent",
-                      "no llama.cpp pre-tokenizer reproduces it; ggtool refuses rather than tokenize differently")
+        if self.normalizer:
+            w.add_string(NORMALIZER_KEY, self.normalizer)
 
 
 def choose_pre_tokenizer(tokenizer_json: dict, where: str) -> PreTokenizer:
-    """The llama.cpp pre-tokenizer whose rules equal this byte-level BPE's definition."""
-    normalizer = tokenizer_json.get("normalizer")
-    if normalizer is not None:
-        raise GgtoolError(f"{where}: normalizer {normalizer.get('type')} is not applied by llama.cpp's byte-level "
-                          "BPE tokenizers", "ggtool refuses rather than tokenize differently")
-    splits, byte_level = _flatten_pre_tokenizer(tokenizer_json.get("pre_tokenizer"), where)
+    """The llama.cpp pre-tokenizer whose rules equal this byte-level BPE's definition (its normalizer must be
+    absent or a normal form, which only picks among names with equal rules)."""
+    form = normal_form(tokenizer_json.get("normalizer"), where)
+    splits, byte_level = flatten(tokenizer_json.get("pre_tokenizer"), where)
     if not byte_level:
         raise GgtoolError(f"{where}: BPE without a ByteLevel pre-tokenizer is not a byte-level BPE")
-    ignore_merges = bool(tokenizer_json["model"].get("ignore_merges", False))
-    for pre in LLAMA_PRE_TOKENIZERS:
-        if tuple(splits) == pre.splits:
-            if pre.ignore_merges != ignore_merges:
-                raise GgtoolError(f"{where}: the split rules match llama.cpp's '{pre.name}' pre-tokenizer, but "
-                                  f"model.ignore_merges={ignore_merges} while llama.cpp uses {pre.ignore_merges}")
-            return pre
-    closest = max(LLAMA_PRE_TOKENIZERS, key=lambda p: sum(a == b for a, b in zip(p.splits, splits)))
-    differing = next((s for i, s in enumerate(splits) if i >= len(closest.splits) or closest.splits[i] != s),
-                     "(fewer split rules)")
-    raise GgtoolError(f"{where}: no llama.cpp pre-tokenizer reproduces this tokenizer's split rules; the closest, "
-                      f"'{closest.name}', differs at rule {differing!r}",
-                      "ggtool refuses rather than write a GGUF that tokenizes differently")
+    return choose(splits, bool(tokenizer_json["model"].get("ignore_merges", False)), form, where)
 
 
 def _token_content(value) -> str | None:
@@ -162,16 +138,26 @@ def _read_json(path: Path) -> dict | None:
 
 
 def chat_templates(folder: Path, tokenizer_config: dict | None) -> tuple[str | None, dict[str, str]]:
-    """The default chat template and any named ones, from tokenizer_config.json or chat_template.jinja."""
+    """The default chat template and the named ones, read as transformers 5.x reads them: chat_template.jinja
+    over tokenizer_config.json's chat_template (a string, or a list of {name, template}), and each
+    additional_chat_templates/NAME.jinja as the template NAME (over a tokenizer_config entry of that name)."""
     template = (tokenizer_config or {}).get("chat_template")
     named: dict[str, str] = {}
     if isinstance(template, list):
         for entry in template:
             named[entry["name"]] = entry["template"]
         template = named.pop("default", None)
-    jinja = folder / "chat_template.jinja"
-    if template is None and jinja.is_file():
+    jinja, json_file = folder / "chat_template.jinja", folder / "chat_template.json"
+    if jinja.is_file():
         template = jinja.read_text(encoding="utf-8")
+    elif template is None and json_file.is_file():  # a processor's template file
+        template = (_read_json(json_file) or {}).get("chat_template")
+    extra = folder / "additional_chat_templates"
+    if extra.is_dir():
+        for path in sorted(extra.glob("*.jinja")):
+            if path.is_file():
+                named[path.stem] = path.read_text(encoding="utf-8")
+    named.pop("default", None)
     return template, named
 
 
@@ -225,6 +211,9 @@ def load_bpe_vocab(folder: Path, n_vocab: int, config: dict) -> Vocab:
         raise GgtoolError(f"{path}: model type {model.get('type')} (byte_fallback={model.get('byte_fallback')}) "
                           "is not a byte-level BPE")
     pre = choose_pre_tokenizer(tj, str(path))
+    form = normal_form(tj.get("normalizer"), str(path))
+    if form:
+        warnings.warn(normal_form_warning(form, str(path)), stacklevel=2)
     tokens, types = token_table(tj, n_vocab, path)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
 
@@ -235,7 +224,8 @@ def load_bpe_vocab(folder: Path, n_vocab: int, config: dict) -> Vocab:
     add_eos = (tc or {}).get("add_eos_token", post_eos or False)
     template, named = chat_templates(folder, tc)
     return Vocab(model="gpt2", pre=pre.name, tokens=tokens, token_types=types, merges=merges, special=special,
-                 add_bos=bool(add_bos), add_eos=bool(add_eos), chat_template=template, named_templates=named)
+                 add_bos=bool(add_bos), add_eos=bool(add_eos), chat_template=template, named_templates=named,
+                 normalizer=form)
 
 
 # --- SentencePiece-style vocabularies (GGUF `llama`) ----------------------------------------------

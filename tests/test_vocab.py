@@ -11,7 +11,8 @@ from ggtool import fixtures
 from ggtool.convert import convert
 from ggtool.errors import GgtoolError
 from ggtool.llama.model import LlamaModel
-from ggtool.vocab import LLAMA3_SPLIT, choose_pre_tokenizer
+from ggtool.pre_tokenizers import LLAMA_PRE_TOKENIZERS, definition
+from ggtool.vocab import LLAMA3_SPLIT, choose_pre_tokenizer, normal_form
 
 
 def test_bpe_ids_match_hf_tokenizers_on_heldout_text(olmoe_checkpoint, tmp_path):
@@ -54,7 +55,13 @@ def test_pre_tokenizer_chosen_from_definition():
         {"type": "ByteLevel", "use_regex": True}]}, r"\p{N}{1,2}"),
     ({"type": "Whitespace"}, "Whitespace"),
     ({"type": "ByteLevel", "use_regex": True, "add_prefix_space": True}, "add_prefix_space"),
-    ({"type": "ByteLevel", "use_regex": True, "normalizer": {"type": "NFKC"}}, "NFKC"),
+    # normalizers that change ordinary text stay refused, with what they do
+    ({"type": "ByteLevel", "use_regex": True, "normalizer": {"type": "Lowercase"}}, "Lowercase lowercases"),
+    ({"type": "ByteLevel", "use_regex": True, "normalizer": {"type": "Sequence", "normalizers": [
+        {"type": "NFC"}, {"type": "StripAccents"}]}}, "StripAccents removes accents"),
+    ({"type": "ByteLevel", "use_regex": True, "normalizer": {"type": "NFD"}}, "NFD decomposes"),
+    ({"type": "Sequence", "pretokenizers": [{"type": "Punctuation", "behavior": "Removed"},
+                                            {"type": "ByteLevel", "use_regex": True}]}, "behavior=Removed"),
 ])
 def test_unreproducible_pre_tokenizer_is_refused_naming_the_rule(definition, needle):
     with pytest.raises(GgtoolError) as e:
@@ -78,3 +85,53 @@ def test_unknown_pre_tokenizer_refused_at_convert(olmoe_checkpoint, tmp_path):
     r = run_cli("convert", src, "-o", out)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r"\p{N}{1,5}" in r.stderr and not out.exists()
+
+
+def test_every_table_entry_is_chosen_from_its_own_definition():
+    names = set()
+    for pre in LLAMA_PRE_TOKENIZERS:
+        tj = {"model": {"type": "BPE", "ignore_merges": pre.ignore_merges}, "pre_tokenizer": definition(pre),
+              "normalizer": {"type": pre.normal_form} if pre.normal_form else None}
+        assert choose_pre_tokenizer(tj, "t") == pre
+        names.add(pre.name)
+    assert len(names) == len(LLAMA_PRE_TOKENIZERS) >= 27
+    # equal rules: the converter's name for the reference model's normalizer, else the first
+    gpt2 = {"type": "ByteLevel", "use_regex": True}
+    assert choose_pre_tokenizer(_pre(normalizer={"type": "NFC"}, **gpt2), "t").name == "olmo"
+    assert choose_pre_tokenizer(_pre(normalizer={"type": "NFKC"}, **gpt2), "t").name == "gpt-2"
+    llama3 = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "use_regex": False}]}
+    assert choose_pre_tokenizer(_pre(ignore_merges=False, **llama3), "t").name == "dbrx"
+
+
+def test_unicode_normal_forms_are_accepted_also_in_a_sequence():
+    assert normal_form(None, "t") is None
+    assert normal_form({"type": "NFC"}, "t") == "NFC"
+    assert normal_form({"type": "Sequence", "normalizers": [{"type": "NFKC"}]}, "t") == "NFKC"
+    assert normal_form({"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "NFKC"}]}, "t") == "NFKC"
+    assert normal_form({"type": "Sequence", "normalizers": []}, "t") is None
+
+
+def test_template_sources_as_transformers_reads_them(olmoe_checkpoint, tmp_path):
+    import shutil
+
+    import gguf
+
+    from ggtool.convert import convert
+
+    src = tmp_path / "ckpt"
+    shutil.copytree(olmoe_checkpoint, src)
+    tc = json.loads((src / "tokenizer_config.json").read_text())
+    assert tc["chat_template"]  # the tokenizer_config source is there too
+    (src / "chat_template.jinja").write_text("{{ 'FROM-JINJA-FILE' }}")
+    (src / "additional_chat_templates").mkdir()
+    (src / "additional_chat_templates" / "tool_use.jinja").write_text("{{ 'TOOL-USE' }}")
+    (src / "additional_chat_templates" / "rag.jinja").write_text("{{ 'RAG' }}")
+    out = tmp_path / "t.gguf"
+    convert(src, out, "f16")
+    r = gguf.GGUFReader(out)
+    assert r.get_field("tokenizer.chat_template").contents() == "{{ 'FROM-JINJA-FILE' }}"
+    assert r.get_field("tokenizer.chat_template.tool_use").contents() == "{{ 'TOOL-USE' }}"
+    assert r.get_field("tokenizer.chat_template.rag").contents() == "{{ 'RAG' }}"
+    assert sorted(r.get_field("tokenizer.chat_templates").contents()) == ["rag", "tool_use"]

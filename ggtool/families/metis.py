@@ -19,6 +19,7 @@ the tensor shapes and the fixed semantics from the release's training manifest.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -28,8 +29,9 @@ import numpy as np
 
 from ..checkpoint import Checkpoint, bf16_to_f32
 from ..errors import GgtoolError
-from ..vocab import (GPT2_SPLIT, LLAMA_PRE_TOKENIZERS, TOKEN_CONTROL, TOKEN_UNUSED, TOKEN_USER_DEFINED, Vocab,
-                     chat_templates, choose_pre_tokenizer, special_token_ids, token_table)
+from ..pre_tokenizers import by_name, definition
+from ..vocab import (NORMALIZER_KEY, TOKEN_CONTROL, TOKEN_UNUSED, TOKEN_USER_DEFINED, Vocab, chat_templates,
+                     choose_pre_tokenizer, normal_form, normal_form_warning, special_token_ids, token_table)
 from .base import Family, HParam, Part, PlannedTensor, cfg
 
 # checkpoint name -> (GGUF name, stored shape in named sizes); {bid} is the block index
@@ -286,7 +288,6 @@ class Metis(Family):
 # byte symbols never made it into the vocabulary (HF maps those bytes to <unk>). llama.cpp's `gpt2`
 # tokenizer does neither, so both are recorded in extra keys for the future implementation.
 
-NORMALIZER_KEY = "tokenizer.ggml.normalizer"  # "NFKC": normalise text before pre-tokenizing
 UNKNOWN_BYTES_KEY = "tokenizer.ggml.unknown_bytes"  # byte values with no token: they become unknown_token_id
 
 
@@ -299,22 +300,14 @@ def byte_symbols() -> list[str]:
 
 @dataclass
 class MetisVocab(Vocab):
-    """A `gpt2` vocabulary plus the normalizer and the bytes that have no token."""
+    """A `gpt2` vocabulary plus the bytes that have no token (the normalizer is recorded as for any vocabulary)."""
 
-    normalizer: str = "NFKC"
     unknown_bytes: list[int] = field(default_factory=list)
 
     def write(self, w: gguf.GGUFWriter) -> None:
-        """Add the standard tokenizer keys and the two Metis-specific ones."""
+        """Add the standard tokenizer keys and the Metis-specific one."""
         super().write(w)
-        w.add_string(NORMALIZER_KEY, self.normalizer)
         w.add_array(UNKNOWN_BYTES_KEY, self.unknown_bytes)
-
-
-def _normalizer_name(node: dict | None) -> str | None:
-    if node and node.get("type") == "Sequence" and len(node.get("normalizers", [])) == 1:
-        node = node["normalizers"][0]
-    return node.get("type") if node else None
 
 
 def load_metis_vocab(ckpt: Checkpoint, n_vocab: int) -> MetisVocab:
@@ -328,11 +321,10 @@ def load_metis_vocab(ckpt: Checkpoint, n_vocab: int) -> MetisVocab:
             or model.get("end_of_word_suffix"):
         raise GgtoolError(f"{path}: model type {model.get('type')} (byte_fallback={model.get('byte_fallback')}) is not "
                           "the byte-level BPE Metis-1.5 ships", "this is not the Metis-1.5 tokenizer")
-    normalizer = _normalizer_name(tj.get("normalizer"))
-    if normalizer not in ("NFKC", None):
-        raise GgtoolError(f"{path}: normalizer {normalizer} is neither NFKC (the release's) nor absent",
-                          "ggtool records only NFKC for a future implementation to apply")
-    pre = choose_pre_tokenizer({**tj, "normalizer": None}, str(path))  # the normalizer is recorded separately
+    pre = choose_pre_tokenizer(tj, str(path))  # refuses normalizers other than a normal form, as for any BPE
+    form = normal_form(tj.get("normalizer"), str(path))
+    if form:
+        warnings.warn(normal_form_warning(form, str(path)), stacklevel=2)
     tokens, types = token_table(tj, n_vocab, path)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     tc = ckpt.read_json("tokenizer_config.json") or {}
@@ -352,7 +344,7 @@ def load_metis_vocab(ckpt: Checkpoint, n_vocab: int) -> MetisVocab:
     # <eos> to every prompt and make the model start a new document.
     return MetisVocab(model="gpt2", pre=pre.name, tokens=tokens, token_types=types, merges=merges, special=special,
                       add_bos=True, add_eos=False, chat_template=template, named_templates=named,
-                      normalizer=normalizer or "none", unknown_bytes=unknown)
+                      normalizer=form, unknown_bytes=unknown)
 
 
 def _field(reader: gguf.GGUFReader, key: str, default=None):
@@ -366,17 +358,10 @@ def tokenizer_json_from_gguf(path: Path) -> dict:
     tokens: list[str] = _field(reader, "tokenizer.ggml.tokens")
     types: list[int] = _field(reader, "tokenizer.ggml.token_type")
     merges: list[str] = _field(reader, "tokenizer.ggml.merges", [])
-    pre_name = _field(reader, "tokenizer.ggml.pre")
-    pre = next((p for p in LLAMA_PRE_TOKENIZERS if p.name == pre_name), None)
+    pre = by_name(_field(reader, "tokenizer.ggml.pre"))
     if _field(reader, "tokenizer.ggml.model") != "gpt2" or pre is None:
         raise GgtoolError(f"{path}: not a byte-level BPE (`gpt2`) vocabulary with a known pre-tokenizer")
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    if pre.splits == (GPT2_SPLIT,):
-        pre_tok = byte_level
-    else:
-        splits = [{"type": "Split", "pattern": {"Regex": rx}, "behavior": "Isolated", "invert": False}
-                  for rx in pre.splits]
-        pre_tok = {"type": "Sequence", "pretokenizers": [*splits, {**byte_level, "use_regex": False}]}
+    pre_tok = definition(pre)
     unk = _field(reader, "tokenizer.ggml.unknown_token_id")
     bos = _field(reader, "tokenizer.ggml.bos_token_id")
     eos = _field(reader, "tokenizer.ggml.eos_token_id")
