@@ -183,7 +183,10 @@ def check_templates(ggufs: list[Path], force: bool) -> list[str]:
     for path in ggufs:
         if path.name.startswith("imatrix"):
             continue
-        chat = read_gguf_chat(path)
+        try:
+            chat = read_gguf_chat(path)
+        except GgtoolError:  # not a GGUF ggtool can read: no template to check (the upload is not about it)
+            continue
         if not chat.template:
             continue
         key = (chat.template, chat.bos, chat.eos)

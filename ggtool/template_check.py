@@ -22,7 +22,7 @@ from .templates import render_chat
 LLAMA_CPP = "llama.cpp"
 HF_JINJA = "@huggingface/jinja"
 ENGINES = (LLAMA_CPP, HF_JINJA)
-USED_BY = {LLAMA_CPP: "Ollama >= 0.30 and llama-server (LM Studio's llama.cpp runtime)",
+USED_BY = {LLAMA_CPP: "Ollama >= 0.30, llama-server, LM Studio's llama.cpp runtime",
            HF_JINJA: "LM Studio's template renderer"}
 TIMEOUT_S = 120  # per engine and template, all probes together
 

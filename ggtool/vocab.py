@@ -104,8 +104,8 @@ class Vocab:
         w.add_add_bos_token(self.add_bos)
         w.add_add_eos_token(self.add_eos)
         if self.named_templates:  # as gguf-py writes them: tokenizer.chat_template.<name> + tokenizer.chat_templates
-            w.add_chat_template([*([{"name": "default", "template": self.chat_template}] if self.chat_template else []),
-                                 *({"name": n, "template": t} for n, t in self.named_templates.items())])
+            default = [{"name": "default", "template": self.chat_template}] if self.chat_template else []
+            w.add_chat_template(default + [{"name": n, "template": t} for n, t in self.named_templates.items()])
         elif self.chat_template:
             w.add_chat_template(self.chat_template)
         if self.normalizer:
@@ -151,7 +151,8 @@ def chat_templates(folder: Path, tokenizer_config: dict | None) -> tuple[str | N
     if jinja.is_file():
         template = jinja.read_text(encoding="utf-8")
     elif template is None and json_file.is_file():  # a processor's template file
-        template = (_read_json(json_file) or {}).get("chat_template")
+        found = (_read_json(json_file) or {}).get("chat_template")
+        template = found if isinstance(found, str) else None
     extra = folder / "additional_chat_templates"
     if extra.is_dir():
         for path in sorted(extra.glob("*.jinja")):

@@ -76,7 +76,8 @@ UPSTREAM = {
                        seq(split("[\r\n]"), split(r"\s?\p{L}+"), split(r"\s?\p{P}+"), split(CJK), DIGITS_1,
                            BYTE_LEVEL_NO_REGEX), False, ["deepseek-coder"]),
     "deepseek-llm": ("deepseek-ai/deepseek-llm-7b-base", EMPTY_SEQUENCE,
-                     seq(split("[\r\n]"), split(DEEPSEEK_LETTERS), split("\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+"),
+                     seq(split("[\r\n]"), split(DEEPSEEK_LETTERS),
+                         split("\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+"),
                          split(r"\s+$"), split(CJK), {"type": "Digits", "individual_digits": False},
                          BYTE_LEVEL_NO_REGEX), False, ["deepseek-llm"]),
     "falcon": ("tiiuae/falcon-7b", None,
@@ -138,7 +139,8 @@ def gguf_metadata(path: Path) -> dict:
     return out
 
 
-def rebuild_tokenizer(path: Path, normalizer: dict | None, pre_tokenizer: dict, ignore_merges: bool) -> tuple[dict, dict]:
+def rebuild_tokenizer(path: Path, normalizer: dict | None, pre_tokenizer: dict,
+                      ignore_merges: bool) -> tuple[dict, dict]:
     """tokenizer.json + tokenizer_config.json from a GGUF's tokens, types and merges."""
     meta = gguf_metadata(path)
     tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]

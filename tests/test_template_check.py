@@ -4,6 +4,7 @@ seed families' templates, through jinja2 (reference), llama.cpp's common/jinja a
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -104,6 +105,14 @@ def test_convert_warns_and_export_lmstudio_refuses_a_template_huggingface_jinja_
     assert r.returncode == 0, r.stderr
     assert "warning:" in r.stderr and "@huggingface/jinja" in r.stderr
     assert (root / "me" / "m" / bad.name).is_file()
+    # publish: refused naming the engine, --force proceeds with the warning (dry run: the card only)
+    ladder = tmp_path / "ladder"
+    ladder.mkdir()
+    os.link(bad, ladder / bad.name)
+    r = run_cli("publish", ladder, "--repo", "me/x", "--dry-run", "--recommend", f"1 GiB={bad.name}")
+    assert r.returncode == 1 and "@huggingface/jinja" in r.stderr and not (ladder / "README.md").exists()
+    r = run_cli("publish", ladder, "--repo", "me/x", "--dry-run", "--recommend", f"1 GiB={bad.name}", "--force")
+    assert r.returncode == 0 and "warning:" in r.stderr and (ladder / "README.md").is_file()
     # Ollama renders with llama.cpp's engine, which renders this template as jinja2 does: no refusal
     r = run_cli("modelfile", bad, "-o", tmp_path / "Modelfile")
     assert "llama.cpp" not in r.stderr

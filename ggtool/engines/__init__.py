@@ -100,8 +100,11 @@ def hf_jinja_dir(install: bool = True) -> Path:
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
             raise EngineUnavailable(f"npm ci of @huggingface/jinja failed: {tail}")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(staged, folder)
+        try:
+            os.replace(staged, folder)
+        except OSError:  # another process installed it meanwhile
+            if not (folder / "node_modules" / "@huggingface" / "jinja" / "package.json").is_file():
+                raise EngineUnavailable(f"{folder} exists but holds no @huggingface/jinja: remove it") from None
     return folder
 
 

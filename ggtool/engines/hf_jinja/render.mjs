@@ -1,5 +1,6 @@
 // ggtool's harness for @huggingface/jinja (the chat-template engine LM Studio bundles).
-// stdin: {"template": str, "cases": [{...globals...}]}; stdout: [{"ok": true, "text": str} | {"ok": false, "error": str}]
+// stdin:  {"template": str, "cases": [{...globals...}]}
+// stdout: [{"ok": true, "text": str} | {"ok": false, "error": str}]
 import { Template } from "@huggingface/jinja";
 
 let input = "";
