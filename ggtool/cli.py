@@ -370,6 +370,13 @@ def quantize(model: Path = typer.Argument(..., help="GGUF model (F16/BF16/F32)")
             if variant is not None:
                 out.print(f"[green]wrote[/] {variant.path}  ({human(variant.size_bytes)}, "
                                   f"{variant.seconds:.1f} s)", soft_wrap=True)
+                if variant.fallbacks:  # llama.cpp's shape fallback: row length not a multiple of the block
+                    from collections import Counter
+
+                    pairs = Counter(f"{w}→{u}" for _, w, u in variant.fallbacks)
+                    out.print(f"  {len(variant.fallbacks)} tensors fell back to another type (row length not a "
+                              f"multiple of the block): " + ", ".join(f"{p} ×{n}" for p, n in sorted(pairs.items())),
+                              soft_wrap=True)
 
         done = run_quantize(model, output, [t for t in types.split(",") if t.strip()], imatrix_file, tensor_types,
                             threads, progress)
@@ -490,6 +497,8 @@ def export_lmstudio(models: list[Path] = typer.Argument(..., help="GGUF files (v
     r = export(models, publisher, model, root, link, force)
     for w in r.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    for note in r.notes:
+        err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     for f in r.files:
         out.print(f"[green]placed[/] {f}")
     out.print(f"[green]wrote[/] {r.model_yaml}")

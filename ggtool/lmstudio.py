@@ -45,6 +45,7 @@ class ExportResult:
     files: list[Path]
     model_yaml: Path
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _safe_component(value: str, what: str) -> str:
@@ -103,7 +104,10 @@ def model_yaml(publisher: str, model: str, variants: list[Variant]) -> str:
     if fields:
         doc["config"] = {"operation": {"fields": fields}}
     listing = "".join(f"#   {v.path.name}: {v.file_type}, {v.path.stat().st_size} bytes\n" for v in variants)
-    return ("# written by ggtool export lmstudio; variants:\n" + listing
+    from .families import client_note
+
+    note = client_note(first.arch, "LM Studio")
+    return ("# written by ggtool export lmstudio; variants:\n" + listing + (f"# note: {note}\n" if note else "")
             + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
 
 
@@ -149,4 +153,7 @@ def export(models: list[Path], publisher: str, model: str, root: Path | None = N
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
-    return ExportResult(dest, [dest / n for n in names], dest / "model.yaml", warnings)
+    from .families import client_note
+
+    note = client_note(variants[0].arch, "LM Studio")
+    return ExportResult(dest, [dest / n for n in names], dest / "model.yaml", warnings, [note] if note else [])

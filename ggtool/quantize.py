@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -98,6 +98,8 @@ class QuantizedVariant:
     size_bytes: int
     seconds: float
     imatrix: str | None  # the importance matrix's label (file name), if one was used
+    # tensors whose recipe type did not fit their row length: (tensor, wanted, used), as llama.cpp chose
+    fallbacks: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def imatrix_kv_overrides(im: Imatrix, label: str, n_entries: int) -> list[tuple[str, str | int]]:
@@ -163,8 +165,9 @@ def _quantize(model: Path, dest: Path, type_name: str, im: Imatrix | None, label
     means = im.means() if im is not None else None
     kvs = imatrix_kv_overrides(im, label or "imatrix", len(means)) if im is not None else []
     with atomic_output(dest) as tmp:
-        quantize_file(model, tmp, FTYPES[type_name], means, [(t.pattern, t.ggml_type) for t in tts], kvs, nthread)
-    return QuantizedVariant(type_name, dest, dest.stat().st_size, time.perf_counter() - t0, label)
+        fell = quantize_file(model, tmp, FTYPES[type_name], means, [(t.pattern, t.ggml_type) for t in tts], kvs,
+                             nthread)
+    return QuantizedVariant(type_name, dest, dest.stat().st_size, time.perf_counter() - t0, label, fell)
 
 
 def quantize(model: Path | str, out_dir: Path | str, types: list[str] = DEFAULT_TYPES,

@@ -21,7 +21,8 @@ class Completion:
 
 
 def require_runnable(path: Path, action: str = "run") -> None:
-    """Refuse, with the family's reason, a GGUF whose architecture no llama.cpp graph computes (run, quantize)."""
+    """Refuse, with the family's reason, a GGUF whose architecture no llama.cpp graph computes (run, quantize), or
+    whose graph comes from ggtool's llama.cpp patch when the installed build lacks it."""
     try:
         arch = read_header(path).get("general.architecture")
     except GgtoolError:  # missing or malformed: the caller's own load reports it
@@ -30,6 +31,14 @@ def require_runnable(path: Path, action: str = "run") -> None:
     if family is not None and not family.runnable:
         raise GgtoolError(f"{path}: cannot {action} architecture {family.arch} in llama.cpp: "
                           f"{family.not_runnable_reason}", "`ggtool inspect` and `ggtool verify` work on it")
+    if family is not None and family.patched_arch:
+        from .llama import arch as llama_arch
+        from .llama.build import BUILD_COMMAND
+
+        if not llama_arch.available(family.arch):
+            raise GgtoolError(f"{path}: this llama.cpp build lacks architecture {family.arch}, so it cannot {action} it",
+                              f"build llama-cpp-python with ggtool's patches/llama.cpp/{family.arch}.patch: "
+                              f"`{BUILD_COMMAND}` in a ggtool checkout, ~10 min")
 
 
 LLAMA_CPP_DEFAULT_TEMPERATURE = 0.8  # llama-cli's, when the GGUF recommends none

@@ -180,8 +180,10 @@ def verify(src: Path, gguf_path: Path, n_tokens: int = 64) -> VerifyResult:
     if not family.runnable:
         return verify_readback(family, Path(src), Path(gguf_path), n_tokens, ftype, tol)
     from .gguf_in import read_header
+    from .run import require_runnable
     from .vocab import NORMALIZER_KEY
 
+    require_runnable(Path(gguf_path), "verify")
     form = read_header(Path(gguf_path)).get(NORMALIZER_KEY)
     with LlamaModel(gguf_path) as model:
         tokenizer = check_tokenizer(Path(src), model, form)

@@ -69,6 +69,8 @@ class Family:
     # compares the reference on the GGUF read back (gguf_reference_logits) instead of llama.cpp
     runnable: bool = True
     not_runnable_reason: str = ""
+    # True when `arch` comes from ggtool's llama.cpp patches (patches/llama.cpp): a stock build lacks it
+    patched_arch: bool = False
 
     def detect(self, ckpt: Checkpoint) -> bool:
         raise NotImplementedError

@@ -6,9 +6,11 @@ full-width normed hidden state whose bias only picks the experts (weights are th
 renormalised), ungated squared-ReLU experts inside the latent, `latent_up` once after the weighted
 sum, plus an always-on ungated squared-ReLU shared expert; tied embeddings.
 
-No llama.cpp architecture computes that (nemotron_h_moe has the latent MoE but no RoPE and one mixer
-per block), so the GGUF is written faithfully for a future `metis` graph and `ggtool run` refuses
-it; `verify` checks it by running the numpy reference forward on the GGUF read back with gguf-py.
+No stock llama.cpp architecture computes that (nemotron_h_moe has the latent MoE but no RoPE and one
+mixer per block), so ggtool's llama.cpp carries a `metis` graph of its own (patches/llama.cpp/metis.patch:
+llama's attention + nemotron_h_moe's MoE block, upstream style), and the GGUF uses only llama.cpp's own
+key and tensor names. On a stock llama.cpp build the commands that run the model say it lacks the
+architecture and how to build one that has it.
 
 The checkpoint stores weights as used in `x @ W` ([in, out]): every projection is transposed, and
 the last two axes of the expert tensors. config.json as released is a leftover of an older model
@@ -79,11 +81,6 @@ REFUSED = [
 # config.json keys that, when present, must agree with the size inferred from the tensors
 CONSISTENT = [("moe_num_experts", "expert"), ("moe_expert_intermediate_size", "ff_exp"),
               ("moe_routed_latent_size", "latent"), ("moe_router_latent_size", "latent")]
-
-WHY_NOT_RUNNABLE = ("no llama.cpp architecture computes Metis-1.5's graph (one low-rank latent shared by "
-                    "sigmoid-routed squared-ReLU experts, an ungated squared-ReLU shared expert and NeoX RoPE "
-                    "attention); this GGUF records it faithfully for a future llama.cpp `metis` implementation")
-
 
 @dataclass(frozen=True)
 class MetisDims:
@@ -184,11 +181,11 @@ def _read_expert(ckpt: Checkpoint, name: str, x: int) -> np.ndarray:
 
 
 class Metis(Family):
-    """Metis-1.5 -> `metis`: written faithfully, not runnable in llama.cpp, verified through the numpy reference."""
+    """Metis-1.5 -> `metis`: runs on ggtool's patched llama.cpp, verified against the numpy reference."""
 
     def __init__(self) -> None:
         super().__init__(name="metis", title="Metis-1.5 (metis_jax_safetensors_v1)", arch="metis",
-                         runnable=False, not_runnable_reason=WHY_NOT_RUNNABLE)
+                         patched_arch=True)
 
     def detect(self, ckpt: Checkpoint) -> bool:
         c = ckpt.config
@@ -233,7 +230,7 @@ class Metis(Family):
             HParam("attention.key_length", d.head_dim), HParam("attention.value_length", d.head_dim),
             HParam("attention.layer_norm_rms_epsilon", d.eps, "f32"),
             HParam("rope.dimension_count", d.head_dim), HParam("rope.freq_base", d.rope_theta, "f32"),
-            HParam("rope.type", "neox", "str"),  # llama.cpp fixes rope type per arch; recorded for the future graph
+            # NeoX RoPE, squared-ReLU experts and shared expert: fixed by the `metis` graph, as llama.cpp does per arch
             HParam("expert_count", s["expert"]), HParam("expert_used_count", d.top_k),
             HParam("expert_shared_count", 1),
             HParam("expert_feed_forward_length", s["ff_exp"]),
@@ -242,8 +239,6 @@ class Metis(Family):
             HParam("expert_gating_func", int(gguf.ExpertGatingFuncType.SIGMOID)),
             HParam("expert_weights_norm", True, "bool"),  # top-k sigmoid scores divided by their sum
             HParam("expert_weights_scale", 1.0, "f32"),
-            HParam("expert_activation", "relu_sqr", "str"),  # llama.cpp's LLM_FFN_RELU_SQR, ungated
-            HParam("expert_shared_activation", "relu_sqr", "str"),
         ]  # general.sampling.* come from generation_config.json through gguf-py's Metadata (convert.py)
 
     def plan(self, ckpt: Checkpoint) -> list[PlannedTensor]:

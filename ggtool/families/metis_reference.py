@@ -22,8 +22,7 @@ Weights = Callable[[str], np.ndarray]  # checkpoint tensor name -> float32 array
 
 # GGUF keys the reference needs, and the values whose semantics it implements
 _REQUIRED_SEMANTICS = {"expert_gating_func": int(gguf.ExpertGatingFuncType.SIGMOID), "expert_weights_norm": True,
-                       "expert_weights_scale": 1.0, "rope.type": "neox", "expert_activation": "relu_sqr",
-                       "expert_shared_activation": "relu_sqr", "expert_shared_count": 1}
+                       "expert_weights_scale": 1.0, "expert_shared_count": 1}
 
 
 def checkpoint_weights(ckpt: Checkpoint) -> tuple[MetisDims, Weights]:
@@ -111,15 +110,22 @@ def squared_relu(x: np.ndarray) -> np.ndarray:
     return np.square(np.maximum(x, np.float32(0)))
 
 
-def latent_moe(y: np.ndarray, w: Weights, d: MetisDims, b: int) -> np.ndarray:
-    """Sigmoid router on y (bias for selection only, unbiased weights renormalised), experts in the latent."""
+def route(y: np.ndarray, w: Weights, d: MetisDims, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid router on y: the chosen experts [tokens, top_k] (by score + bias: the bias only selects) and
+    their weights (the unbiased scores, renormalised)."""
     p = f"layers.{b}."
-    z = y @ w(p + "latent_down")
     with np.errstate(over="ignore"):  # exp overflow for very negative logits just means a score of 0
         scores = np.float32(1) / (np.float32(1) + np.exp(-(y @ w(p + "router"))))
     choice = np.argsort(-(scores + w(p + "router_bias")), axis=-1, kind="stable")[:, :d.top_k]  # ties: lower id
     top = np.take_along_axis(scores, choice, axis=-1)
-    weights = top / np.maximum(top.sum(axis=-1, keepdims=True), np.float32(1e-6))
+    return choice, top / np.maximum(top.sum(axis=-1, keepdims=True), np.float32(1e-6))
+
+
+def latent_moe(y: np.ndarray, w: Weights, d: MetisDims, b: int) -> np.ndarray:
+    """The routed experts inside the latent (up-projected once after the weighted sum) plus the shared expert."""
+    p = f"layers.{b}."
+    z = y @ w(p + "latent_down")
+    choice, weights = route(y, w, d, b)
     w1, w2 = w(p + "expert_w1"), w(p + "expert_w2")
     routed = np.zeros_like(z)
     for e in range(w1.shape[0]):

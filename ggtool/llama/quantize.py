@@ -7,6 +7,7 @@ object and numpy buffer is kept in `keep` until the call returns.
 from __future__ import annotations
 
 import ctypes
+import re
 from pathlib import Path
 
 import llama_cpp.llama_cpp as L
@@ -54,8 +55,10 @@ def _kv_array(kvs: list[tuple[str, str | int]]) -> ctypes.Array:
 
 def quantize_file(src: Path, dest: Path, ftype: int, imatrix: dict[str, np.ndarray] | None = None,
                   tensor_types: list[tuple[str, int]] = (), kv_overrides: list[tuple[str, str | int]] = (),
-                  nthread: int = 0) -> None:
-    """llama_model_quantize(src → dest) as llama-quantize calls it; raises with llama.cpp's reason on failure."""
+                  nthread: int = 0) -> list[tuple[str, str, str]]:
+    """llama_model_quantize(src → dest) as llama-quantize calls it; raises with llama.cpp's reason on failure.
+    Returns the tensors llama.cpp had to give another type than its recipe's (row length not a multiple of
+    the type's block): (tensor, wanted type, type used)."""
     params = L.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = nthread
@@ -76,3 +79,13 @@ def quantize_file(src: Path, dest: Path, ftype: int, imatrix: dict[str, np.ndarr
     rc = L.llama_model_quantize(str(src).encode(), str(dest).encode(), ctypes.byref(params))
     if rc != 0:
         raise GgtoolError(f"{src}: llama.cpp could not quantize it: {_model._last_error()}")
+    return fallbacks(_model.log_lines())
+
+
+_FALLBACK = re.compile(r"warning: (\S+)\s+- ncols\s+\d+ not divisible by\s+\d+ \(required for type\s+(\w+)\).*"
+                       r"-> falling back to\s+(\w+)")
+
+
+def fallbacks(lines: list[str]) -> list[tuple[str, str, str]]:
+    """llama-quant.cpp's tensor_type_fallback warnings: (tensor, wanted type, type used)."""
+    return [(m[1], m[2], m[3]) for ln in lines if (m := _FALLBACK.search(ln))]

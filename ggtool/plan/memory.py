@@ -84,6 +84,8 @@ class ModelShape:
     n_ctx_train: int
     tensors: list[Tensor]
     file_type: str = ""
+    moe_latent: int = 0  # width the routed experts work in (moe_latent_size; 0: n_embd)
+    n_ff_shexp: int = 0  # shared expert width (computed beside the routed experts)
 
     @property
     def n_embd_k_gqa(self) -> int:
@@ -118,6 +120,8 @@ def read_gguf(path: Path) -> ModelShape:
         n_used = int(g("expert_used_count", 0))
         n_ff_exp = int(g("expert_feed_forward_length", g("feed_forward_length", 0)))
         n_ctx_train = int(g("context_length", 4096))
+        latent = int(g("moe_latent_size", 0))
+        n_ff_shexp = int(g("expert_shared_feed_forward_length", 0))
         ft = header.get("general.file_type")
     except (TypeError, ValueError, ZeroDivisionError) as e:  # keys missing or of the wrong type: one clear line
         raise GgtoolError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})",
@@ -136,7 +140,7 @@ def read_gguf(path: Path) -> ModelShape:
         raise GgtoolError(f"{path}: {n_used} experts used of {n_expert}", "the file is corrupted")
     file_type = gguf.LlamaFileType(int(ft)).name.replace("MOSTLY_", "") if ft is not None else ""
     return ModelShape(path.name, arch, n_layer, n_embd, n_head, n_head_kv, hk, hv, n_vocab, n_expert, n_used,
-                      n_ff_exp, n_ctx_train, tensors, file_type)
+                      n_ff_exp, n_ctx_train, tensors, file_type, latent, n_ff_shexp)
 
 
 # -- shapes from a source checkpoint's config.json plus llama.cpp's quantization recipe -------------------------
