@@ -88,7 +88,7 @@ def build(key: str, cmake_args: str, jobs: int) -> Path:
         cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(staging), str(root)]
         if shutil.which("nice"):
             cmd = ["nice", "-n", "10", *cmd]
-        print(f"building llama-cpp-python {key} (CMAKE_ARGS={cmake_args}, {jobs} jobs; ~10 min on 2 cores)",
+        print(f"building llama-cpp-python {key} (CMAKE_ARGS={cmake_args}, {jobs} jobs; ~10 min on 2 idle cores)",
               file=sys.stderr, flush=True)
         start = time.monotonic()
         subprocess.run(cmd, env=env, check=True)

@@ -88,4 +88,4 @@ _FALLBACK = re.compile(r"warning: (\S+)\s+- ncols\s+\d+ not divisible by\s+\d+ \
 
 def fallbacks(lines: list[str]) -> list[tuple[str, str, str]]:
     """llama-quant.cpp's tensor_type_fallback warnings: (tensor, wanted type, type used)."""
-    return [(m[1], m[2], m[3]) for ln in lines if (m := _FALLBACK.search(ln))]
+    return [(m[1], m[2].upper(), m[3].upper()) for ln in lines if (m := _FALLBACK.search(ln))]

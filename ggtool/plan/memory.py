@@ -393,6 +393,12 @@ def compute_bytes(shape: ModelShape, p: Placement, holds_layers: bool, holds_out
     VI = ub * 8 if fa else ub * shape.n_embd_v_gqa * 8
     F = shape.n_ff_exp * max(shape.n_expert_used, 1) * ub * 4 if shape.n_expert else shape.n_ff_exp * ub * 4
     S = ub * 20
+    # metis (moe_latent_size): the routed experts' inputs and outputs are latent-wide, and an ungated shared
+    # expert of width n_ff_shexp runs beside them on the full-width state
+    El = (shape.moe_latent or shape.n_embd) * ub * 4
+    Fs = shape.n_ff_shexp * ub * 4
+    # attention without q/k norms (llama-style) keeps one hidden-state-sized tensor fewer than OLMoE's
+    A = 6 * E if any(".attn_q_norm." in t.name for t in shape.tensors) else 5 * E
     phases = []
     if is_host:
         inputs = M + VI + S
@@ -407,11 +413,13 @@ def compute_bytes(shape: ModelShape, p: Placement, holds_layers: bool, holds_out
             phases.append(2 * E + 3 * F)
     else:
         if holds_layers:
-            phases.append(M + 6 * E if fa else KQ + M + 6 * E)
+            phases.append(M + A if fa else KQ + M + A)
             # when it runs the experts, their outputs [n_embd, n_used, ub] and the routing-weighted copy
             # (ggml_mul, not in place) are live together: 2·n_used·E, more than 3F for wide models with top-k ≥ 4
-            weighted = 2 * shape.n_expert_used * E if computes_experts else 0
+            weighted = 2 * shape.n_expert_used * El if computes_experts else 0
             phases.append(2 * E + max(3 * F, weighted) + offload_copy)
+            if Fs:
+                phases.append(3 * E + 2 * Fs)
         if holds_output:
             # with FA and a hidden state arriving from the CPU, ggml-alloc's layout costs one extra E in some
             # layer splits and none in others (measured both ways): predict half of it
@@ -442,6 +450,16 @@ def predict(shape: ModelShape, p: Placement, devices: list[Device]) -> Predictio
         else:
             usage[dev].model += pad(t.n_bytes, dev_by_name[dev].align)
             usage[dev].read_per_token += read
+    emb = next((t for t in shape.tensors if t.name == "token_embd.weight"), None)
+    out_dev = where[shape.n_layer]
+    if emb is not None and not any(t.name == "output.weight" for t in shape.tensors):
+        # tied output: llama.cpp loads token_embd a second time as the output layer's matrix (TENSOR_DUPLICATED),
+        # a copy on a device, the same mapped pages on the host
+        if out_dev == "CPU":
+            host.read_per_token += emb.n_bytes
+        else:
+            usage[out_dev].model += pad(emb.n_bytes, dev_by_name[out_dev].align)
+            usage[out_dev].read_per_token += emb.n_bytes
     repacked = [t for t in cpu_tensors if p.repack and t.type in REPACK_TYPES and len(t.shape) >= 2
                 and t.shape[1] % 8 == 0 and not t.name.startswith("token_embd.")]  # GET_ROWS is not repacked
     mapped = [t for t in cpu_tensors if t not in repacked]
