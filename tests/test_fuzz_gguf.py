@@ -23,10 +23,9 @@ def small_gguf(olmoe_checkpoint, tmp_path_factory) -> Path:
 
 
 def header_size(path: Path) -> int:
-    import gguf
+    from ggtool.gguf_in import read_header
 
-    reader = gguf.GGUFReader(path)
-    return min(t.data_offset for t in reader.tensors)
+    return min(t.offset for t in read_header(path).tensors)
 
 
 def mutants(path: Path, n: int, seed: int = 0):
