@@ -511,6 +511,8 @@ def main() -> None:
         err.print("[red]interrupted[/]: nothing was written", soft_wrap=True)
         sys.exit(130)
     except typer.Exit as e:
+        if e.exit_code == 130:  # typer's KeyboardInterrupt: temporary files are gone, finished outputs complete
+            err.print("[red]interrupted[/]", soft_wrap=True)
         sys.exit(e.exit_code)
     except (typer.Abort, EOFError):
         sys.exit(1)

@@ -1,4 +1,5 @@
-"""llama_model_quantize with an importance matrix, tensor-type overrides and KV overrides, through ctypes.
+"""llama_model_quantize with an importance matrix, tensor-type overrides and KV overrides, through ctypes,
+run in a forked child process so that Ctrl-C stops it.
 
 llama.cpp reads every array below through raw pointers during the call, so each ctypes array, bytes
 object and numpy buffer is kept in `keep` until the call returns.
@@ -6,7 +7,11 @@ object and numpy buffer is kept in `keep` until the call returns.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
+import re
+import signal
 from pathlib import Path
 
 import llama_cpp.llama_cpp as L
@@ -72,7 +77,62 @@ def quantize_file(src: Path, dest: Path, ftype: int, imatrix: dict[str, np.ndarr
         arr = _override_array(list(tensor_types), keep)
         keep.append(arr)
         params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(L.llama_model_tensor_override))
-    _model._LOG.clear()
-    rc = L.llama_model_quantize(str(src).encode(), str(dest).encode(), ctypes.byref(params))
-    if rc != 0:
-        raise GgtoolError(f"{src}: llama.cpp could not quantize it: {_model._last_error()}")
+    _run_in_child(src, dest, params)
+
+
+def _run_in_child(src: Path, dest: Path, params: L.llama_model_quantize_params) -> None:
+    """llama_model_quantize in a forked child, so that Ctrl-C (or any exception) in this process stops it at
+    once: llama.cpp's quantization has no abort callback and runs for minutes on a large model. The child
+    dies with us (PR_SET_PDEATHSIG); its reason for a failure comes back through a pipe."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: quantize, report, exit without running any of the parent's cleanup
+        status = 3
+        try:
+            os.close(r)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C does
+            _die_with_parent()
+            _model._LOG.clear()
+            rc = L.llama_model_quantize(str(src).encode(), str(dest).encode(), ctypes.byref(params))
+            status = 0 if rc == 0 else 1
+            if rc != 0:
+                os.write(w, _model._last_error().encode("utf-8", "replace")[:8192])
+        finally:
+            os._exit(status)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as pipe:
+            reason = pipe.read().decode("utf-8", "replace")
+        _, status = os.waitpid(pid, 0)
+    except BaseException:  # Ctrl-C or anything else: stop the child before the caller removes its file
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        raise
+    if os.WIFSIGNALED(status):
+        raise GgtoolError(f"{src}: llama.cpp died quantizing it (signal {os.WTERMSIG(status)}): "
+                          f"{reason or 'no log output'}")
+    if os.WEXITSTATUS(status) != 0:
+        if _disk_full(dest):
+            name = re.sub(r"^\.(.+)\.\d+\.partial$", r"\1", dest.name)  # the final name, not atomic_output's
+            raise GgtoolError(f"{dest.parent}: no space left on the device while writing {name}",
+                              "free some space or choose another output folder")
+        raise GgtoolError(f"{src}: llama.cpp could not quantize it: {reason or 'no log output'}")
+
+
+def _disk_full(dest: Path) -> bool:
+    """Whether the file system that holds `dest` has (practically) no room left for an unprivileged writer."""
+    try:
+        st = os.statvfs(dest.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
+
+
+def _die_with_parent() -> None:
+    """Have the kernel kill this (child) process when its parent dies (Linux); elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
