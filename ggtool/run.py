@@ -30,6 +30,9 @@ def require_runnable(path: Path, action: str = "run") -> None:
     if family is not None and not family.runnable:
         raise GgtoolError(f"{path}: cannot {action} architecture {family.arch} in llama.cpp: "
                           f"{family.not_runnable_reason}", "`ggtool inspect` and `ggtool verify` work on it")
+    from .llama.probe import check_loads
+
+    check_loads(path)  # llama.cpp aborts the process on some malformed files: asked in a child first
 
 
 LLAMA_CPP_DEFAULT_TEMPERATURE = 0.8  # llama-cli's, when the GGUF recommends none
