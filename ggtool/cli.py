@@ -503,6 +503,8 @@ def main() -> None:
     warnings.showwarning = _show_warning
     try:
         rc = app(standalone_mode=False)
+        if rc == 130:  # typer's answer to KeyboardInterrupt: temporary files are gone, finished files complete
+            err.print("[red]interrupted[/]", soft_wrap=True)
         sys.exit(rc if isinstance(rc, int) else 0)
     except GgtoolError as e:
         err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
@@ -511,8 +513,6 @@ def main() -> None:
         err.print("[red]interrupted[/]: nothing was written", soft_wrap=True)
         sys.exit(130)
     except typer.Exit as e:
-        if e.exit_code == 130:  # typer's KeyboardInterrupt: temporary files are gone, finished outputs complete
-            err.print("[red]interrupted[/]", soft_wrap=True)
         sys.exit(e.exit_code)
     except (typer.Abort, EOFError):
         sys.exit(1)
