@@ -5,7 +5,7 @@ LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 # RPC lets the planner's tests use a loopback second device on machines without a GPU
 export CMAKE_ARGS ?= -DGGML_RPC=on
 
-.PHONY: install test demo bench clean llama-src
+.PHONY: install test demo bench fuzz clean llama-src
 
 install: $(VENV)/.installed llama-src
 
@@ -30,6 +30,11 @@ demo: install
 
 bench: install
 	$(PY) bench/run_all.py
+
+# mutated GGUF models and importance matrices through every reading command (FUZZ_MUTANTS per command)
+FUZZ_MUTANTS ?= 1000
+fuzz: install
+	$(PY) -m tests.fuzzing --mutants $(FUZZ_MUTANTS)
 
 clean:
 	rm -rf out build .pytest_cache

@@ -221,13 +221,21 @@ class Report:
 
 
 def campaign(model: Path, imatrix_gguf: Path, imatrix_dat: Path, n_gguf: int, n_imatrix: int, workdir: Path,
-             seed: int = 0, commands: list[str] | None = None) -> Report:
-    """Every GGUF mutant through GGUF_COMMANDS and every imatrix mutant through IMATRIX_COMMANDS."""
-    import ggtool.cli  # noqa: F401 - imported once here, inherited by every forked run
-    import ggtool.llama.model  # noqa: F401
+             seed: int = 0, commands: list[str] | None = None, shard: tuple[int, int] = (0, 1)) -> Report:
+    """Every GGUF mutant through GGUF_COMMANDS and every imatrix mutant through IMATRIX_COMMANDS (of shard
+    (k, n): the mutants whose number is k modulo n)."""
+    import importlib
+
+    for name in ("ggtool.cli", "ggtool.llama.model", "ggtool.llama.probe", "ggtool.inspect", "ggtool.plan.search",
+                 "ggtool.plan.memory", "ggtool.ollama", "ggtool.lmstudio", "ggtool.run", "ggtool.imatrix",
+                 "ggtool.templates"):
+        importlib.import_module(name)  # imported once here, inherited by every forked run
 
     report = Report()
+    k, n_shards = shard
     for i, blob in enumerate(gguf_mutants(model, n_gguf, seed)):
+        if i % n_shards != k:
+            continue
         d = workdir / f"g{i}"
         d.mkdir()
         m = d / "m.gguf"
@@ -237,6 +245,8 @@ def campaign(model: Path, imatrix_gguf: Path, imatrix_dat: Path, n_gguf: int, n_
                 report.add(name, run_cli([str(a) for a in make(str(m), d)], d))
         shutil.rmtree(d)
     for i, (suffix, blob) in enumerate(imatrix_mutants(imatrix_gguf, imatrix_dat, n_imatrix, seed)):
+        if i % n_shards != k:
+            continue
         d = workdir / f"i{i}"
         d.mkdir()
         im = d / f"im{suffix}"
@@ -272,6 +282,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--inputs", type=Path, help="folder with tiny-q8.gguf, imatrix.gguf and imatrix.dat "
                     "(default: made in a temporary folder)")
+    ap.add_argument("--shard", default="0/1", help="K/N: only the mutants numbered K modulo N (for parallel runs)")
     ap.add_argument("--make-inputs", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.make_inputs:
@@ -287,8 +298,9 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "tests.fuzzing", "--make-inputs", str(inputs)], check=True)
         t0 = time.monotonic()
         n_im = args.mutants if args.imatrix_mutants is None else args.imatrix_mutants
+        k, n = map(int, args.shard.split("/"))
         report = campaign(inputs / "tiny-q8.gguf", inputs / "imatrix.gguf", inputs / "imatrix.dat", args.mutants,
-                          n_im, folder, args.seed)
+                          n_im, folder, args.seed, shard=(k, n))
         print(report.summary())
         print(f"{sum(report.runs.values())} runs in {time.monotonic() - t0:.0f} s")
     sys.exit(1 if report.problems else 0)
