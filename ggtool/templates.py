@@ -332,7 +332,8 @@ def _limits(compiling: bool = False):  # noqa: ANN202
         def on_alarm(signum: int, frame: Any) -> None:
             raise _over("seconds", "the template")
         previous = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, seconds)
+        outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)  # a caller's own timer, restored after
+        started = time.monotonic()
     try:
         yield
     finally:
@@ -340,6 +341,8 @@ def _limits(compiling: bool = False):  # noqa: ANN202
         if main:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+            if outer:
+                signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 1e-3))
 
 
 def render_chat(template: str, messages: list[dict], *, bos_token: str = "", eos_token: str = "",

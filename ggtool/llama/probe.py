@@ -9,9 +9,9 @@ llama.cpp's own reason. Ctrl-C in the parent stops the child.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import os
+import select
 import signal
 from pathlib import Path
 
@@ -19,6 +19,9 @@ import llama_cpp.llama_cpp as L
 
 from ..errors import GgtoolError
 from . import model as _model
+
+
+_TIMEOUT = 120.0  # seconds
 
 
 def check_loads(path: Path) -> None:
@@ -54,7 +57,12 @@ def _check(path: str, *version: int) -> None:  # cached per version of the file:
     os.close(w)
     try:
         with os.fdopen(r, "rb") as pipe:
-            said = pipe.read()[-65536:].decode("utf-8", "replace")
+            ready, _, _ = select.select([pipe], [], [], _TIMEOUT)
+            said = pipe.read()[-65536:].decode("utf-8", "replace") if ready else None
+        if said is None:  # no answer (a vocabulary load takes well under a second): let the real load decide
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return
         _, status = os.waitpid(pid, 0)
     except BaseException:
         with contextlib.suppress(OSError):
