@@ -1,5 +1,5 @@
 """llama_model_quantize with an importance matrix, tensor-type overrides and KV overrides, through ctypes,
-run in a forked child process so that Ctrl-C stops it.
+run in a worker process (ggtool.llama.worker) so that Ctrl-C stops it.
 
 llama.cpp reads every array below through raw pointers during the call, so each ctypes array, bytes
 object and numpy buffer is kept in `keep` until the call returns.
@@ -7,11 +7,9 @@ object and numpy buffer is kept in `keep` until the call returns.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import re
-import signal
 from pathlib import Path
 
 import llama_cpp.llama_cpp as L
@@ -57,14 +55,11 @@ def _kv_array(kvs: list[tuple[str, str | int]]) -> ctypes.Array:
     return arr
 
 
-def quantize_file(src: Path, dest: Path, ftype: int, imatrix: dict[str, np.ndarray] | None = None,
-                  tensor_types: list[tuple[str, int]] = (), kv_overrides: list[tuple[str, str | int]] = (),
-                  nthread: int = 0) -> None:
-    """llama_model_quantize(src → dest) as llama-quantize calls it; raises with llama.cpp's reason on failure."""
+def _params(ftype: int, imatrix: dict[str, np.ndarray] | None, tensor_types: list[tuple[str, int]],
+            kv_overrides: list[tuple[str, str | int]], nthread: int, keep: list) -> L.llama_model_quantize_params:
     params = L.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = nthread
-    keep: list = []
     if imatrix:
         arr = _imatrix_array(imatrix, keep)
         keep.append(arr)
@@ -77,47 +72,38 @@ def quantize_file(src: Path, dest: Path, ftype: int, imatrix: dict[str, np.ndarr
         arr = _override_array(list(tensor_types), keep)
         keep.append(arr)
         params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(L.llama_model_tensor_override))
-    _run_in_child(src, dest, params)
+    return params
 
 
-def _run_in_child(src: Path, dest: Path, params: L.llama_model_quantize_params) -> None:
-    """llama_model_quantize in a forked child, so that Ctrl-C (or any exception) in this process stops it at
-    once: llama.cpp's quantization has no abort callback and runs for minutes on a large model. The child
-    dies with us (PR_SET_PDEATHSIG); its reason for a failure comes back through a pipe."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: quantize, report, exit without running any of the parent's cleanup
-        status = 3
-        try:
-            os.close(r)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C does
-            _die_with_parent()
-            _model._LOG.clear()
-            rc = L.llama_model_quantize(str(src).encode(), str(dest).encode(), ctypes.byref(params))
-            status = 0 if rc == 0 else 1
-            if rc != 0:
-                os.write(w, _model._last_error().encode("utf-8", "replace")[:8192])
-        finally:
-            os._exit(status)
-    os.close(w)
-    try:
-        with os.fdopen(r, "rb") as pipe:
-            reason = pipe.read().decode("utf-8", "replace")
-        _, status = os.waitpid(pid, 0)
-    except BaseException:  # Ctrl-C or anything else: stop the child before the caller removes its file
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        raise
-    if os.WIFSIGNALED(status):
-        raise GgtoolError(f"{src}: llama.cpp died quantizing it (signal {os.WTERMSIG(status)}): "
-                          f"{reason or 'no log output'}")
-    if os.WEXITSTATUS(status) != 0:
-        if _disk_full(dest):
-            name = re.sub(r"^\.(.+)\.\d+\.partial$", r"\1", dest.name)  # the final name, not atomic_output's
-            raise GgtoolError(f"{dest.parent}: no space left on the device while writing {name}",
-                              "free some space or choose another output folder")
-        raise GgtoolError(f"{src}: llama.cpp could not quantize it: {reason or 'no log output'}")
+def _call_quantize(src: str, dest: str, ftype: int, imatrix: dict | None, tensor_types: list,
+                   kv_overrides: list, nthread: int) -> tuple[bool, str | None]:
+    """llama_model_quantize itself (in the worker process); success, else llama.cpp's reason."""
+    keep: list = []
+    params = _params(ftype, imatrix, tensor_types, kv_overrides, nthread, keep)
+    _model._LOG.clear()
+    rc = L.llama_model_quantize(src.encode(), dest.encode(), ctypes.byref(params))
+    return rc == 0, None if rc == 0 else _model._last_error()
+
+
+def quantize_file(src: Path, dest: Path, ftype: int, imatrix: dict[str, np.ndarray] | None = None,
+                  tensor_types: list[tuple[str, int]] = (), kv_overrides: list[tuple[str, str | int]] = (),
+                  nthread: int = 0) -> None:
+    """llama_model_quantize(src → dest) as llama-quantize calls it, in a worker process that Ctrl-C (or any
+    exception here) stops at once; raises with llama.cpp's reason on failure, or says the disk is full."""
+    from . import worker
+
+    args = {"src": str(src), "dest": str(dest), "ftype": int(ftype),
+            "imatrix": {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in imatrix.items()} if imatrix else None,
+            "tensor_types": [(str(p), int(t)) for p, t in tensor_types],
+            "kv_overrides": [(str(k), v) for k, v in kv_overrides], "nthread": int(nthread)}
+    reason = worker.run({"job": "quantize", "args": args}, str(src))
+    if reason is None:
+        return
+    if _disk_full(dest):
+        name = re.sub(r"^\.(.+)\.\d+\.partial$", r"\1", dest.name)  # the final name, not atomic_output's
+        raise GgtoolError(f"{dest.parent}: no space left on the device while writing {name}",
+                          "free some space or choose another output folder")
+    raise GgtoolError(f"{src}: llama.cpp could not quantize it: {reason}")
 
 
 def _disk_full(dest: Path) -> bool:
@@ -127,12 +113,3 @@ def _disk_full(dest: Path) -> bool:
     except OSError:
         return False
     return st.f_bavail * st.f_frsize < (1 << 20)
-
-
-def _die_with_parent() -> None:
-    """Have the kernel kill this (child) process when its parent dies (Linux); elsewhere a no-op."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
