@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # RPC lets the planner's tests use a loopback second device on machines without a GPU
 export CMAKE_ARGS ?= -DGGML_RPC=on
 
-.PHONY: install test demo bench clean llama-src template-engines
+.PHONY: install test demo bench fuzz clean llama-src template-engines
 
 install: $(VENV)/.installed llama-src template-engines
 
@@ -36,6 +36,11 @@ demo: install
 
 bench: install
 	$(PY) bench/run_all.py
+
+# mutated GGUF models and importance matrices through every reading command (FUZZ_MUTANTS per command)
+FUZZ_MUTANTS ?= 1000
+fuzz: install
+	$(PY) -m tests.fuzzing --mutants $(FUZZ_MUTANTS)
 
 clean:
 	rm -rf out build .pytest_cache

@@ -536,6 +536,8 @@ def main() -> None:
     warnings.showwarning = _show_warning
     try:
         rc = app(standalone_mode=False)
+        if rc == 130:  # typer's answer to KeyboardInterrupt: temporary files are gone, finished files complete
+            err.print("[red]interrupted[/]", soft_wrap=True)
         sys.exit(rc if isinstance(rc, int) else 0)
     except GgtoolError as e:
         err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)

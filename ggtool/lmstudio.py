@@ -17,6 +17,7 @@ import gguf
 import yaml
 
 from .errors import GgtoolError
+from .gguf_in import read_header
 from .ollama import read_gguf_chat
 from .template_check import ENGINES, check_template, enforce
 from .templates import render_chat
@@ -77,12 +78,16 @@ def check_variant(path: Path, force: bool = False, warnings: list[str] | None = 
                           "LM Studio would send the model a prompt without them")
     # LM Studio renders with @huggingface/jinja; its llama.cpp runtime (llama-server) with llama.cpp's engine
     warnings += enforce(check_template(chat.template, chat.bos, chat.eos), str(path), ENGINES, force)
-    r = gguf.GGUFReader(path)
-    arch = r.get_field("general.architecture").contents()
-    ft = r.get_field("general.file_type")
-    file_type = gguf.LlamaFileType(int(ft.contents())).name.removeprefix("MOSTLY_") if ft is not None else "unknown"
-    size = r.get_field("general.size_label")
-    return Variant(path, chat.name, arch, file_type, size.contents() if size is not None else None,
+    header = read_header(path)
+    arch = header.typed("general.architecture", str)
+    if arch is None:
+        raise GgtoolError(f"{path}: lacks general.architecture, which LM Studio reads")
+    ft = header.typed("general.file_type", int)
+    try:
+        file_type = gguf.LlamaFileType(ft).name.removeprefix("MOSTLY_") if ft is not None else "unknown"
+    except ValueError:
+        file_type = f"file type {ft}"
+    return Variant(path, chat.name, arch, file_type, header.typed("general.size_label", str),
                    chat.context_length, chat.sampling)
 
 

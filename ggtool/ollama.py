@@ -23,10 +23,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gguf
 
 from .errors import GgtoolError
-from .gguf_in import recommended_sampling
+from .gguf_in import read_header, recommended_sampling
 from .templates import render_chat
 
 ROLE_LETTERS = {"s": "system", "u": "user", "a": "assistant"}
@@ -440,31 +439,24 @@ class GgufChat:
 def read_gguf_chat(path: Path) -> GgufChat:
     """The chat template, BOS/EOS texts, add_bos flag, context length and sampling defaults of a GGUF."""
     path = Path(path)
-    if not path.is_file():
-        raise GgtoolError(f"{path}: no such file")
-    try:
-        r = gguf.GGUFReader(path)
-    except (ValueError, OSError) as e:
-        raise GgtoolError(f"{path}: not a readable GGUF file ({e})") from None
-
-    def value(key: str):  # noqa: ANN202
-        f = r.get_field(key)
-        return f.contents() if f is not None else None
-
-    tokens = r.get_field("tokenizer.ggml.tokens")
+    header = read_header(path)  # bounded and checked: a corrupted file fails here with one line
+    value = header.get
 
     def token_text(key: str) -> str:
         tid = value(key)
-        if tid is None or tokens is None or not 0 <= int(tid) < len(tokens.data):
+        if not isinstance(tid, int):
             return ""
-        return bytes(tokens.parts[tokens.data[int(tid)]]).decode("utf-8", "replace")
+        return header.string_at("tokenizer.ggml.tokens", tid) or ""
 
-    arch = value("general.architecture")
-    sampling = recommended_sampling(value)
-    ctx = value(f"{arch}.context_length") if arch else None
-    return GgufChat(value("general.name"), value("tokenizer.chat_template"), token_text("tokenizer.ggml.bos_token_id"),
-                    token_text("tokenizer.ggml.eos_token_id"), bool(value("tokenizer.ggml.add_bos_token")),
-                    int(ctx) if ctx is not None else None, sampling, arch)
+    arch = header.typed("general.architecture", str)
+    try:
+        sampling = recommended_sampling(value)
+    except GgtoolError as e:
+        raise GgtoolError(f"{path}: {e.message}", e.hint) from None
+    ctx = header.typed(f"{arch}.context_length", int) if arch else None
+    return GgufChat(header.typed("general.name", str), header.typed("tokenizer.chat_template", str),
+                    token_text("tokenizer.ggml.bos_token_id"), token_text("tokenizer.ggml.eos_token_id"),
+                    bool(header.typed("tokenizer.ggml.add_bos_token", bool, False)), ctx, sampling, arch)
 
 
 def read_plan(path: Path) -> dict:

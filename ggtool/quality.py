@@ -11,7 +11,9 @@ a time, so long texts with large vocabularies do not need all logits in RAM.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -98,6 +100,26 @@ def _stderr(values: np.ndarray) -> float | None:
     return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
 
 
+def _scratch_array(path: Path, shape: tuple[int, int]) -> np.memmap:
+    """A float32 array in a memory-mapped scratch file whose blocks are all allocated first: a full disk fails
+    here with one line, not later with SIGBUS when a page of the map cannot be written."""
+    n_bytes = shape[0] * shape[1] * 4
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, max(n_bytes, 1))
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise GgtoolError(f"{path.parent}: no space for the base model's log-probabilities "
+                              f"({n_bytes / 2**20:.0f} MiB) in the temporary folder ({e.strerror})",
+                              "free some space, point TMPDIR at a larger folder, or use --chunks") from None
+        raise
+    try:
+        return np.memmap(path, dtype=np.float32, mode="r+", shape=shape)
+    finally:
+        os.close(fd)
+
+
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True, dtype=np.float64)).astype(np.float32)
@@ -140,8 +162,7 @@ def evaluate(base: Path | str, variants: list[Path | str], text_file: Path | str
             chunks = _chunks(model, text, n_ctx, max_chunks)
             n_vocab = model.n_vocab
             n = len(chunks) * scored
-            base_logp = np.lib.format.open_memmap(Path(tmpdir) / "base.npy", mode="w+", dtype=np.float32,
-                                                  shape=(n, n_vocab))
+            base_logp = _scratch_array(Path(tmpdir) / "base.f32", (n, n_vocab))
             base_top = np.empty(n, dtype=np.int64)
             base_nll = np.empty(n)
             for i, c in enumerate(chunks):

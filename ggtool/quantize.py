@@ -191,13 +191,19 @@ def quantize(model: Path | str, out_dir: Path | str, types: list[str] = DEFAULT_
             _refuse_without_imatrix(n, tts, model)
     if not out_dir.parent.is_dir():
         raise GgtoolError(f"{out_dir.parent}: folder does not exist", "create it first or choose another -o")
+    created = not out_dir.exists()
     out_dir.mkdir(exist_ok=True)
     done = []
-    for i, n in enumerate(names):
-        if progress:
-            progress(n, i, len(names), None)
-        v = _quantize(model, out_dir / output_name(model, n), n, im, label, tts, nthread)
-        done.append(v)
-        if progress:
-            progress(n, i, len(names), v)
+    try:
+        for i, n in enumerate(names):
+            if progress:
+                progress(n, i, len(names), None)
+            v = _quantize(model, out_dir / output_name(model, n), n, im, label, tts, nthread)
+            done.append(v)
+            if progress:
+                progress(n, i, len(names), v)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):  # a failed or interrupted run leaves no empty folder behind
+            out_dir.rmdir()
+        raise
     return done

@@ -39,6 +39,9 @@ def require_runnable(path: Path, action: str = "run") -> None:
             raise GgtoolError(f"{path}: this llama.cpp build lacks architecture {family.arch}, so it cannot {action} it",
                               f"build llama-cpp-python with ggtool's patches/llama.cpp/{family.arch}.patch: "
                               f"`{BUILD_COMMAND}` in a ggtool checkout, ~10 min")
+    from .llama.probe import check_loads
+
+    check_loads(path)  # llama.cpp aborts the process on some malformed files: asked in a child first
 
 
 LLAMA_CPP_DEFAULT_TEMPERATURE = 0.8  # llama-cli's, when the GGUF recommends none

@@ -342,31 +342,39 @@ def load_metis_vocab(ckpt: Checkpoint, n_vocab: int) -> MetisVocab:
                       normalizer=form, unknown_bytes=unknown)
 
 
-def _field(reader: gguf.GGUFReader, key: str, default=None):
-    f = reader.get_field(key)
-    return default if f is None else f.contents()
-
-
 def tokenizer_json_from_gguf(path: Path) -> dict:
     """A Hugging Face tokenizer.json rebuilt from a Metis GGUF's tokenizer keys alone."""
-    reader = gguf.GGUFReader(path)
-    tokens: list[str] = _field(reader, "tokenizer.ggml.tokens")
-    types: list[int] = _field(reader, "tokenizer.ggml.token_type")
-    merges: list[str] = _field(reader, "tokenizer.ggml.merges", [])
-    pre = by_name(_field(reader, "tokenizer.ggml.pre"))
-    if _field(reader, "tokenizer.ggml.model") != "gpt2" or pre is None:
+    from ..gguf_in import read_header
+
+    header = read_header(path)
+    tokens = header.array("tokenizer.ggml.tokens")
+    types = header.array("tokenizer.ggml.token_type")
+    merges = header.array("tokenizer.ggml.merges", [])
+    pre = by_name(header.get("tokenizer.ggml.pre"))
+    if header.get("tokenizer.ggml.model") != "gpt2" or pre is None:
         raise GgtoolError(f"{path}: not a byte-level BPE (`gpt2`) vocabulary with a known pre-tokenizer")
+    if not isinstance(tokens, list) or not isinstance(merges, list) or not hasattr(types, "dtype") \
+            or len(types) != len(tokens):
+        raise GgtoolError(f"{path}: tokenizer.ggml.tokens / token_type / merges are missing or do not match")
+    types = types.tolist()
+
+    def value(key: str, default=None):  # noqa: ANN001, ANN202
+        v = header.get(key, default)
+        if key.endswith("_token_id") and v is not None and not (isinstance(v, int) and 0 <= v < len(tokens)):
+            raise GgtoolError(f"{path}: {key} {v!r} is not a token id")
+        return v
+
     pre_tok = definition(pre)
-    unk = _field(reader, "tokenizer.ggml.unknown_token_id")
-    bos = _field(reader, "tokenizer.ggml.bos_token_id")
-    eos = _field(reader, "tokenizer.ggml.eos_token_id")
-    add_bos, add_eos = _field(reader, "tokenizer.ggml.add_bos_token"), _field(reader, "tokenizer.ggml.add_eos_token")
+    unk = value("tokenizer.ggml.unknown_token_id")
+    bos = value("tokenizer.ggml.bos_token_id")
+    eos = value("tokenizer.ggml.eos_token_id")
+    add_bos, add_eos = value("tokenizer.ggml.add_bos_token"), value("tokenizer.ggml.add_eos_token")
     single = ([{"SpecialToken": {"id": tokens[bos], "type_id": 0}}] if add_bos else []) \
         + [{"Sequence": {"id": "A", "type_id": 0}}] \
         + ([{"SpecialToken": {"id": tokens[eos], "type_id": 0}}] if add_eos else [])
     specials = {tokens[i]: {"id": tokens[i], "ids": [i], "tokens": [tokens[i]]}
                 for i in (bos, eos) if i is not None}
-    normalizer = _field(reader, NORMALIZER_KEY, "none")
+    normalizer = value(NORMALIZER_KEY, "none")
     return {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
