@@ -9,7 +9,8 @@ the package's constants. A command
 is a module `cli.py` dispatches to (the `plan/` package counts as one command). An arrow is *upward* when
 a lower layer imports a higher one, *sideways* when one command imports another; `ladder` chains the
 other commands by design, and the modules of one package (plan/*, families/*, llama/*) may import each
-other. `fixtures` (test builders) should be imported by tests, bench and scripts only. Imports under `if TYPE_CHECKING:` are type hints, not arrows. Reads the source with `ast` only.
+other. `fixtures` (test builders) should be imported by tests, bench and scripts only. Imports under
+`if TYPE_CHECKING:` are type hints, not arrows. Reads the source with `ast` only.
 """
 
 from __future__ import annotations
