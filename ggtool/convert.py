@@ -50,9 +50,12 @@ def parameter_counts(plan: list[PlannedTensor]) -> tuple[int, int, int, int]:
 
 
 def add_hparams(w: gguf.GGUFWriter, arch: str, hparams: list[HParam]) -> None:
-    """Write family hyperparameters: relative keys go under `{arch}.`."""
+    """Write family hyperparameters: gguf-py keys get `arch` filled in, relative keys go under `{arch}.`."""
     for hp in hparams:
-        key = hp.key if hp.key.split(".")[0] in ("general", "tokenizer") else f"{arch}.{hp.key}"
+        if "{arch}" in hp.key:
+            key = hp.key.format(arch=arch)
+        else:
+            key = hp.key if hp.key.split(".")[0] in ("general", "tokenizer") else f"{arch}.{hp.key}"
         getattr(w, _WRITERS[hp.kind])(key, hp.value)
 
 
@@ -61,7 +64,7 @@ def prepare(src: Path) -> tuple[Checkpoint, Family, list[PlannedTensor]]:
     ckpt = Checkpoint(src)
     family = detect(ckpt)
     family.check(ckpt)
-    plan = family.plan(ckpt)
+    plan = family.tensor_plan(ckpt)
     validate_plan(ckpt, plan, family.ignored_tensors)
     return ckpt, family, plan
 

@@ -2,7 +2,8 @@
 
 A family module declares: how to recognise its checkpoints, which hyperparameters become which GGUF
 keys (and which settings llama.cpp's graph cannot express, so they are refused), and a table from
-checkpoint tensor names to GGUF tensor names. The converter streams the resulting plan.
+checkpoint tensor names to GGUF tensor names. The converter streams the resulting tensor plan.
+Hugging Face-style MoE decoders share one description of their layout (hf_moe.py).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class PlannedTensor:
 
 @dataclass
 class HParam:
-    """One GGUF key: `{arch}.`-relative name (or absolute `general.`/`tokenizer.` key) and its value."""
+    """One GGUF key and its value: a gguf-py key (`gguf.Keys`, `{arch}` filled in on writing), an absolute
+    `general.`/`tokenizer.` key, or a name relative to `{arch}.`."""
 
     key: str
     value: Any
@@ -73,7 +75,8 @@ class Family:
     patched_arch: bool = False
 
     def detect(self, ckpt: Checkpoint) -> bool:
-        raise NotImplementedError
+        """Whether this family converts the checkpoint (by default: whether its config.json names the family)."""
+        return self.describes(ckpt.config)
 
     def check(self, ckpt: Checkpoint) -> None:
         """Refuse settings the target graph would silently ignore."""
@@ -81,8 +84,18 @@ class Family:
     def hparams(self, ckpt: Checkpoint) -> list[HParam]:
         raise NotImplementedError
 
-    def plan(self, ckpt: Checkpoint) -> list[PlannedTensor]:
+    def tensor_plan(self, ckpt: Checkpoint) -> list[PlannedTensor]:
+        """The GGUF tensors this checkpoint becomes, each with the source parts it is streamed from."""
         raise NotImplementedError
+
+    def describes(self, config: dict) -> bool:
+        """Whether config.json alone names this family (for questions asked without weights)."""
+        return False
+
+    def layout(self, config: dict) -> list[tuple[str, tuple[int, ...]]]:
+        """GGUF tensor names and numpy-order shapes a checkpoint with this config.json converts to."""
+        raise GgtoolError(f"{self.title}: the tensor shapes do not follow from config.json alone",
+                          "convert the checkpoint and give the GGUF instead")
 
     def vocab_size(self, ckpt: Checkpoint) -> int:
         """Rows of the token embedding, which the GGUF vocabulary is padded to."""
@@ -120,20 +133,6 @@ def cfg(config: dict, *keys: str, default: Any = ...) -> Any:
     return default
 
 
-def fused_experts(b: int, gate_up: str, down: str, n_expert: int, n_ff: int, n_embd: int) -> list[PlannedTensor]:
-    """Block b's ffn_{gate,up,down}_exps from fused tensors (gate_up [E, 2*ff, embd] with the gate half first,
-    down [E, embd, ff]) that transformers >= 5 keeps in memory and may save, one expert per part."""
-    fused_shape = (n_expert, 2 * n_ff, n_embd)
-    return [
-        PlannedTensor(f"blk.{b}.ffn_gate_exps.weight", (n_expert, n_ff, n_embd),
-                      [Part(gate_up, fused_shape, index=(x, slice(0, n_ff))) for x in range(n_expert)]),
-        PlannedTensor(f"blk.{b}.ffn_up_exps.weight", (n_expert, n_ff, n_embd),
-                      [Part(gate_up, fused_shape, index=(x, slice(n_ff, 2 * n_ff))) for x in range(n_expert)]),
-        PlannedTensor(f"blk.{b}.ffn_down_exps.weight", (n_expert, n_embd, n_ff),
-                      [Part(down, (n_expert, n_embd, n_ff), index=x) for x in range(n_expert)]),
-    ]
-
-
 def refuse_settings(config: dict, table: list[tuple[str, Any, str]], arch: str) -> None:
     """Refuse every (key, value the graph assumes, why) whose config.json value differs (None means unset)."""
     for key, assumed, why in table:
@@ -144,7 +143,7 @@ def refuse_settings(config: dict, table: list[tuple[str, Any, str]], arch: str) 
 
 
 def unknown_tensors(ckpt: Checkpoint, plan: list[PlannedTensor], ignored: tuple[str, ...]) -> list[str]:
-    """Checkpoint tensors the plan does not consume and no ignore rule covers."""
+    """Checkpoint tensors the tensor plan does not consume and no ignore rule covers."""
     used = {p.source for t in plan for p in t.parts}
     return sorted(n for n in ckpt.names - used if not any(re.fullmatch(rx, n) for rx in ignored))
 

@@ -241,7 +241,7 @@ class Metis(Family):
             HParam("expert_weights_scale", 1.0, "f32"),
         ]  # general.sampling.* come from generation_config.json through gguf-py's Metadata (convert.py)
 
-    def plan(self, ckpt: Checkpoint) -> list[PlannedTensor]:
+    def tensor_plan(self, ckpt: Checkpoint) -> list[PlannedTensor]:
         d = infer_dims(ckpt)
         plan = []
         for src, (dst, stored) in expected_tensors(d).items():

@@ -17,35 +17,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 
 from ..checkpoint import Checkpoint
 from ..errors import GgtoolError
 from ..vocab import Vocab, load_llama_vocab
-from .base import Family, HParam, Part, PlannedTensor, cfg, fused_experts, refuse_settings
+from .base import HParam, cfg, refuse_settings
+from .hf_moe import T, HfMoeDecoder, MoeDims, hparams_from
 
 CLASS = "MixtralForCausalLM"
 
-# checkpoint name -> GGUF name; {bid} is the block index, {moe} the MoE module's name (see MOE_NAMES)
-TENSORS = {
-    "model.layers.{bid}.input_layernorm.weight": "blk.{bid}.attn_norm.weight",
-    "model.layers.{bid}.self_attn.q_proj.weight": "blk.{bid}.attn_q.weight",
-    "model.layers.{bid}.self_attn.k_proj.weight": "blk.{bid}.attn_k.weight",
-    "model.layers.{bid}.self_attn.v_proj.weight": "blk.{bid}.attn_v.weight",
-    "model.layers.{bid}.self_attn.o_proj.weight": "blk.{bid}.attn_output.weight",
-    "model.layers.{bid}.post_attention_layernorm.weight": "blk.{bid}.ffn_norm.weight",
-    "model.layers.{bid}.{moe}.gate.weight": "blk.{bid}.ffn_gate_inp.weight",
-}
-# per-expert checkpoint names ({xid} = expert) stacked into one 3-D GGUF tensor per block
-EXPERTS = {
-    "model.layers.{bid}.{moe}.experts.{xid}.w1.weight": "blk.{bid}.ffn_gate_exps.weight",
-    "model.layers.{bid}.{moe}.experts.{xid}.w3.weight": "blk.{bid}.ffn_up_exps.weight",
-    "model.layers.{bid}.{moe}.experts.{xid}.w2.weight": "blk.{bid}.ffn_down_exps.weight",
-}
-EXPERTS_W1 = next(iter(EXPERTS))
-# the fused layout transformers >= 5 keeps in memory (5.23 saves the per-expert one): gate and up halves
-FUSED_GATE_UP = "model.layers.{bid}.{moe}.experts.gate_up_proj"
-FUSED_DOWN = "model.layers.{bid}.{moe}.experts.down_proj"
 # transformers <= 4 and its savers call the MoE module block_sparse_moe; transformers 5 renames it mlp
 MOE_NAMES = ("block_sparse_moe", "mlp")
 ROUTER = re.compile(r"model\.layers\.\d+\.block_sparse_moe\.gate\.weight")
@@ -56,17 +38,18 @@ DEFAULTS = {"num_key_value_heads": 8, "hidden_act": "silu", "max_position_embedd
             "rms_norm_eps": 1e-5, "num_experts_per_tok": 2, "num_local_experts": 8, "rope_theta": 1e6,
             "tie_word_embeddings": False, "sliding_window": None}
 
-# config.json key(s) -> GGUF key under `llama.`
+K = gguf.Keys
+# config.json key(s) -> GGUF key (gguf-py's, under `llama.`)
 HPARAMS = [
-    ("context_length", ("max_position_embeddings",), "u32"),
-    ("embedding_length", ("hidden_size",), "u32"),
-    ("block_count", ("num_hidden_layers",), "u32"),
-    ("feed_forward_length", ("intermediate_size",), "u32"),
-    ("attention.head_count", ("num_attention_heads",), "u32"),
-    ("attention.head_count_kv", ("num_key_value_heads",), "u32"),
-    ("attention.layer_norm_rms_epsilon", ("rms_norm_eps",), "f32"),
-    ("expert_count", ("num_local_experts", "num_experts"), "u32"),
-    ("expert_used_count", ("num_experts_per_tok",), "u32"),
+    (K.LLM.CONTEXT_LENGTH, ("max_position_embeddings",), "u32"),
+    (K.LLM.EMBEDDING_LENGTH, ("hidden_size",), "u32"),
+    (K.LLM.BLOCK_COUNT, ("num_hidden_layers",), "u32"),
+    (K.LLM.FEED_FORWARD_LENGTH, ("intermediate_size",), "u32"),
+    (K.Attention.HEAD_COUNT, ("num_attention_heads",), "u32"),
+    (K.Attention.HEAD_COUNT_KV, ("num_key_value_heads",), "u32"),
+    (K.Attention.LAYERNORM_RMS_EPS, ("rms_norm_eps",), "f32"),
+    (K.LLM.EXPERT_COUNT, ("num_local_experts", "num_experts"), "u32"),
+    (K.LLM.EXPERT_USED_COUNT, ("num_experts_per_tok",), "u32"),
 ]
 
 # settings llama.cpp's llama graph cannot express: (config key, value llama.cpp assumes, why)
@@ -101,8 +84,8 @@ def _mixtral_names(ckpt: Checkpoint) -> bool:
     return any(ROUTER.fullmatch(n) or PER_EXPERT.fullmatch(n) for n in ckpt.names)
 
 
-def _moe_name(ckpt: Checkpoint) -> str:
-    return next((m for m in MOE_NAMES if f"model.layers.0.{m}.gate.weight" in ckpt.names), MOE_NAMES[0])
+def _moe_name(names: set[str] | frozenset[str]) -> str:
+    return next((m for m in MOE_NAMES if f"model.layers.0.{m}.gate.weight" in names), MOE_NAMES[0])
 
 
 def _rope_parameters(c: dict) -> dict:
@@ -127,14 +110,35 @@ def permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, rows // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-class Mixtral(Family):
+class Mixtral(HfMoeDecoder):
+    # checkpoint tensors of block {bid} -> GGUF tensor, in file order; {moe} is the MoE module's name (MOE_NAMES)
+    BLOCK = (
+        (T.ATTN_NORM, "model.layers.{bid}.input_layernorm.weight"),
+        (T.ATTN_Q, "model.layers.{bid}.self_attn.q_proj.weight"),
+        (T.ATTN_K, "model.layers.{bid}.self_attn.k_proj.weight"),
+        (T.ATTN_V, "model.layers.{bid}.self_attn.v_proj.weight"),
+        (T.ATTN_OUT, "model.layers.{bid}.self_attn.o_proj.weight"),
+        (T.FFN_NORM, "model.layers.{bid}.post_attention_layernorm.weight"),
+        (T.FFN_GATE_INP, "model.layers.{bid}.{moe}.gate.weight"),
+    )
+    # per-expert tensors ({xid}) stacked into one 3-D GGUF tensor per block: w1 gate, w3 up, w2 down
+    EXPERTS = (
+        (T.FFN_GATE_EXP, "model.layers.{bid}.{moe}.experts.{xid}.w1.weight"),
+        (T.FFN_UP_EXP, "model.layers.{bid}.{moe}.experts.{xid}.w3.weight"),
+        (T.FFN_DOWN_EXP, "model.layers.{bid}.{moe}.experts.{xid}.w2.weight"),
+    )
+    # the fused layout transformers >= 5 keeps in memory (5.23 saves the per-expert one)
+    FUSED = ("model.layers.{bid}.{moe}.experts.gate_up_proj", "model.layers.{bid}.{moe}.experts.down_proj")
+
     def __init__(self) -> None:
         super().__init__(name="mixtral", title="neo-3 / Mixtral (MixtralForCausalLM)", arch="llama",
                          ignored_tensors=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",))
 
+    def describes(self, config: dict) -> bool:
+        return config.get("model_type") == "mixtral" or CLASS in (config.get("architectures") or [])
+
     def detect(self, ckpt: Checkpoint) -> bool:
-        c = ckpt.config
-        return c.get("model_type") == "mixtral" or CLASS in (c.get("architectures") or []) or _mixtral_names(ckpt)
+        return self.describes(ckpt.config) or _mixtral_names(ckpt)
 
     @staticmethod
     def _get(c: dict, *keys: str) -> Any:
@@ -146,7 +150,7 @@ class Mixtral(Family):
 
     def check(self, ckpt: Checkpoint) -> None:
         c = ckpt.config
-        if c.get("model_type") != "mixtral" and CLASS not in (c.get("architectures") or []):
+        if not self.describes(c):
             named = ", ".join(c.get("architectures") or []) or c.get("model_type") or "no model class"
             warnings.warn(f"{ckpt.folder / 'config.json'} names {named}, but its tensors are Mixtral-shaped: "
                           f"converting it as {CLASS}; check the result with `ggtool verify`", stacklevel=2)
@@ -192,7 +196,8 @@ class Mixtral(Family):
             if extra:
                 what = f"has tensor {experts[extra[0]]}"
             elif missing:
-                what = f"lacks tensor {EXPERTS_W1.format(bid=layer, moe=_moe_name(ckpt), xid=missing[0])}"
+                w1 = self.EXPERTS[0][1]
+                what = f"lacks tensor {w1.format(bid=layer, moe=_moe_name(ckpt.names), xid=missing[0])}"
             else:
                 continue
             raise GgtoolError(f"layer {layer} {what}: it holds {len(experts)} experts but config.json sets "
@@ -201,64 +206,32 @@ class Mixtral(Family):
 
     def hparams(self, ckpt: Checkpoint) -> list[HParam]:
         c = ckpt.config
-        hps = [HParam(key, self._get(c, *src), kind) for key, src, kind in HPARAMS]
+        hps = hparams_from(c, HPARAMS, self._get)
         rp = _rope_parameters(c)
         hd = head_dim(c)
-        hps += [HParam("rope.freq_base", float(rp["rope_theta"]), "f32"),
-                HParam("rope.dimension_count", hd),  # llama requires it to equal the head width
-                HParam("attention.key_length", hd), HParam("attention.value_length", hd)]
+        hps += [HParam(K.Rope.FREQ_BASE, float(rp["rope_theta"]), "f32"),
+                HParam(K.Rope.DIMENSION_COUNT, hd),  # llama requires it to equal the head width
+                HParam(K.Attention.KEY_LENGTH, hd), HParam(K.Attention.VALUE_LENGTH, hd)]
         if ROPE_TYPES[rp["rope_type"]]:
-            hps += [HParam("rope.scaling.type", ROPE_TYPES[rp["rope_type"]], "str"),
-                    HParam("rope.scaling.factor", float(rp["factor"]), "f32")]
+            hps += [HParam(K.Rope.SCALING_TYPE, ROPE_TYPES[rp["rope_type"]], "str"),
+                    HParam(K.Rope.SCALING_FACTOR, float(rp["factor"]), "f32")]
         return hps
 
-    def plan(self, ckpt: Checkpoint) -> list[PlannedTensor]:
-        c = ckpt.config
-        n_layer, n_embd = cfg(c, "num_hidden_layers"), cfg(c, "hidden_size")
-        n_ff, n_expert = cfg(c, "intermediate_size"), self._get(c, "num_local_experts", "num_experts")
-        n_head, n_head_kv, hd = cfg(c, "num_attention_heads"), self._get(c, "num_key_value_heads"), head_dim(c)
-        n_vocab, moe = self.vocab_size(ckpt), _moe_name(ckpt)
-        shapes = {  # numpy-order shape of every GGUF tensor, from config.json
-            "token_embd.weight": (n_vocab, n_embd), "output_norm.weight": (n_embd,),
-            "output.weight": (n_vocab, n_embd), "attn_norm.weight": (n_embd,),
-            "attn_q.weight": (n_head * hd, n_embd), "attn_k.weight": (n_head_kv * hd, n_embd),
-            "attn_v.weight": (n_head_kv * hd, n_embd), "attn_output.weight": (n_embd, n_head * hd),
-            "ffn_norm.weight": (n_embd,), "ffn_gate_inp.weight": (n_expert, n_embd),
-            "ffn_gate_exps.weight": (n_expert, n_ff, n_embd), "ffn_up_exps.weight": (n_expert, n_ff, n_embd),
-            "ffn_down_exps.weight": (n_expert, n_embd, n_ff),
-        }
+    def dims(self, config: dict) -> MoeDims:
+        g = self._get
+        return MoeDims(n_vocab=cfg(config, "vocab_size"), n_embd=cfg(config, "hidden_size"),
+                       n_layer=cfg(config, "num_hidden_layers"), n_head=cfg(config, "num_attention_heads"),
+                       n_head_kv=g(config, "num_key_value_heads"), head_dim=head_dim(config),
+                       n_ff=cfg(config, "intermediate_size"), n_expert=g(config, "num_local_experts", "num_experts"),
+                       n_expert_used=g(config, "num_experts_per_tok"), n_ctx_train=g(config, "max_position_embeddings"),
+                       tied=bool(g(config, "tie_word_embeddings")))
+
+    def sources(self, names: set[str] | frozenset[str]) -> dict[str, str]:
+        return {"moe": _moe_name(names)}
+
+    def transforms(self, d: MoeDims) -> dict:
         # HF rotates (x_i, x_{i+d/2}); llama.cpp's NORM RoPE rotates (x_2i, x_2i+1)
-        transforms = {"attn_q.weight": lambda w: permute_rope(w, n_head),
-                      "attn_k.weight": lambda w: permute_rope(w, n_head_kv)}
-
-        def single(src: str, dst: str) -> PlannedTensor:
-            key = dst.split(".", 2)[-1] if dst.startswith("blk.") else dst
-            force = "F32" if key == "ffn_gate_inp.weight" else None  # the router stays F32, as llama.cpp keeps it
-            return PlannedTensor(dst, shapes[key], [Part(src, shapes[key], transform=transforms.get(key))],
-                                 force_type=force)
-
-        plan = [single("model.embed_tokens.weight", "token_embd.weight")]
-        fused = FUSED_GATE_UP.format(bid=0, moe=moe) in ckpt.names
-        for b in range(n_layer):
-            plan += [single(src.format(bid=b, moe=moe), dst.format(bid=b)) for src, dst in TENSORS.items()]
-            if fused:
-                plan += fused_experts(b, FUSED_GATE_UP.format(bid=b, moe=moe), FUSED_DOWN.format(bid=b, moe=moe),
-                                      n_expert, n_ff, n_embd)
-            else:
-                for src, dst in EXPERTS.items():
-                    shape = shapes[dst.split(".", 2)[-1]]
-                    parts = [Part(src.format(bid=b, moe=moe, xid=x), shape[1:]) for x in range(n_expert)]
-                    plan.append(PlannedTensor(dst.format(bid=b), shape, parts))
-        plan.append(single("model.norm.weight", "output_norm.weight"))
-        if not self._get(c, "tie_word_embeddings"):
-            plan.append(single("lm_head.weight", "output.weight"))
-        elif "lm_head.weight" in ckpt.names:
-            # transformers ties lm_head to the embedding and ignores the stored copy; so does llama.cpp
-            # without output.weight, but the stored copy must be consumed to pass the unknown-tensor check
-            plan.append(PlannedTensor("output.weight", shapes["output.weight"],
-                                      [Part("lm_head.weight", shapes["output.weight"],
-                                            loader=lambda ck: ck.read("model.embed_tokens.weight"))]))
-        return plan
+        return {T.ATTN_Q: lambda w: permute_rope(w, d.n_head), T.ATTN_K: lambda w: permute_rope(w, d.n_head_kv)}
 
     def vocab(self, ckpt: Checkpoint) -> Vocab:
         """SentencePiece (or byte-fallback BPE) vocabulary; the model card's chat convention if none is stored."""

@@ -11,49 +11,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gguf
 import numpy as np
 
 from ..checkpoint import Checkpoint
 from ..errors import GgtoolError
-from .base import Family, HParam, Part, PlannedTensor, cfg, fused_experts, refuse_settings
+from .base import HParam, cfg, refuse_settings
+from .hf_moe import T, HfMoeDecoder, MoeDims, hparams_from
 
-# checkpoint name -> GGUF name; {bid} is the block index
-TENSORS = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.layers.{bid}.input_layernorm.weight": "blk.{bid}.attn_norm.weight",
-    "model.layers.{bid}.self_attn.q_proj.weight": "blk.{bid}.attn_q.weight",
-    "model.layers.{bid}.self_attn.k_proj.weight": "blk.{bid}.attn_k.weight",
-    "model.layers.{bid}.self_attn.v_proj.weight": "blk.{bid}.attn_v.weight",
-    "model.layers.{bid}.self_attn.o_proj.weight": "blk.{bid}.attn_output.weight",
-    "model.layers.{bid}.self_attn.q_norm.weight": "blk.{bid}.attn_q_norm.weight",
-    "model.layers.{bid}.self_attn.k_norm.weight": "blk.{bid}.attn_k_norm.weight",
-    "model.layers.{bid}.post_attention_layernorm.weight": "blk.{bid}.ffn_norm.weight",
-    "model.layers.{bid}.mlp.gate.weight": "blk.{bid}.ffn_gate_inp.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
-# per-expert checkpoint names ({xid} = expert) stacked into one 3-D GGUF tensor per block
-EXPERTS = {
-    "model.layers.{bid}.mlp.experts.{xid}.gate_proj.weight": "blk.{bid}.ffn_gate_exps.weight",
-    "model.layers.{bid}.mlp.experts.{xid}.up_proj.weight": "blk.{bid}.ffn_up_exps.weight",
-    "model.layers.{bid}.mlp.experts.{xid}.down_proj.weight": "blk.{bid}.ffn_down_exps.weight",
-}
-# the fused layout transformers >= 5 keeps in memory (and may save): gate and up halves in one tensor
-FUSED_GATE_UP = "model.layers.{bid}.mlp.experts.gate_up_proj"
-FUSED_DOWN = "model.layers.{bid}.mlp.experts.down_proj"
-
-# config.json key(s) -> GGUF key under `olmoe.`
+K = gguf.Keys
+# config.json key(s) -> GGUF key (gguf-py's, under `olmoe.`)
 HPARAMS = [
-    ("context_length", ("max_position_embeddings",), "u32"),
-    ("embedding_length", ("hidden_size",), "u32"),
-    ("block_count", ("num_hidden_layers",), "u32"),
-    ("feed_forward_length", ("intermediate_size",), "u32"),
-    ("attention.head_count", ("num_attention_heads",), "u32"),
-    ("attention.head_count_kv", ("num_key_value_heads", "num_attention_heads"), "u32"),
-    ("rope.freq_base", ("rope_parameters.rope_theta", "rope_theta"), "f32"),
-    ("attention.layer_norm_rms_epsilon", ("rms_norm_eps",), "f32"),
-    ("expert_count", ("num_experts",), "u32"),
-    ("expert_used_count", ("num_experts_per_tok",), "u32"),
+    (K.LLM.CONTEXT_LENGTH, ("max_position_embeddings",), "u32"),
+    (K.LLM.EMBEDDING_LENGTH, ("hidden_size",), "u32"),
+    (K.LLM.BLOCK_COUNT, ("num_hidden_layers",), "u32"),
+    (K.LLM.FEED_FORWARD_LENGTH, ("intermediate_size",), "u32"),
+    (K.Attention.HEAD_COUNT, ("num_attention_heads",), "u32"),
+    (K.Attention.HEAD_COUNT_KV, ("num_key_value_heads", "num_attention_heads"), "u32"),
+    (K.Rope.FREQ_BASE, ("rope_parameters.rope_theta", "rope_theta"), "f32"),
+    (K.Attention.LAYERNORM_RMS_EPS, ("rms_norm_eps",), "f32"),
+    (K.LLM.EXPERT_COUNT, ("num_experts",), "u32"),
+    (K.LLM.EXPERT_USED_COUNT, ("num_experts_per_tok",), "u32"),
 ]
 
 # settings llama.cpp's olmoe graph cannot express: (config key, value llama.cpp assumes, why)
@@ -69,14 +47,34 @@ REFUSED = [
 ]
 
 
-class Olmoe(Family):
+class Olmoe(HfMoeDecoder):
+    # checkpoint tensors of block {bid} -> GGUF tensor, in file order (embedding, final norm, head: the base's)
+    BLOCK = (
+        (T.ATTN_NORM, "model.layers.{bid}.input_layernorm.weight"),
+        (T.ATTN_Q, "model.layers.{bid}.self_attn.q_proj.weight"),
+        (T.ATTN_K, "model.layers.{bid}.self_attn.k_proj.weight"),
+        (T.ATTN_V, "model.layers.{bid}.self_attn.v_proj.weight"),
+        (T.ATTN_OUT, "model.layers.{bid}.self_attn.o_proj.weight"),
+        (T.ATTN_Q_NORM, "model.layers.{bid}.self_attn.q_norm.weight"),
+        (T.ATTN_K_NORM, "model.layers.{bid}.self_attn.k_norm.weight"),
+        (T.FFN_NORM, "model.layers.{bid}.post_attention_layernorm.weight"),
+        (T.FFN_GATE_INP, "model.layers.{bid}.mlp.gate.weight"),
+    )
+    # per-expert tensors ({xid}) stacked into one 3-D GGUF tensor per block
+    EXPERTS = (
+        (T.FFN_GATE_EXP, "model.layers.{bid}.mlp.experts.{xid}.gate_proj.weight"),
+        (T.FFN_UP_EXP, "model.layers.{bid}.mlp.experts.{xid}.up_proj.weight"),
+        (T.FFN_DOWN_EXP, "model.layers.{bid}.mlp.experts.{xid}.down_proj.weight"),
+    )
+    FUSED = ("model.layers.{bid}.mlp.experts.gate_up_proj", "model.layers.{bid}.mlp.experts.down_proj")
+    OUTPUT_REQUIRED = True  # llama.cpp's olmoe requires output.weight
+
     def __init__(self) -> None:
         super().__init__(name="olmoe", title="OLMoE (OlmoeForCausalLM)", arch="olmoe",
                          ignored_tensors=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",))
 
-    def detect(self, ckpt: Checkpoint) -> bool:
-        c = ckpt.config
-        return c.get("model_type") == "olmoe" or "OlmoeForCausalLM" in (c.get("architectures") or [])
+    def describes(self, config: dict) -> bool:
+        return config.get("model_type") == "olmoe" or "OlmoeForCausalLM" in (config.get("architectures") or [])
 
     def check(self, ckpt: Checkpoint) -> None:
         c = ckpt.config
@@ -94,52 +92,16 @@ class Olmoe(Family):
                               "num_attention_heads * head_dim == hidden_size")
 
     def hparams(self, ckpt: Checkpoint) -> list[HParam]:
-        return [HParam(key, cfg(ckpt.config, *src), kind) for key, src, kind in HPARAMS]
+        return hparams_from(ckpt.config, HPARAMS)
 
-    def plan(self, ckpt: Checkpoint) -> list[PlannedTensor]:
-        c = ckpt.config
-        n_layer, n_embd = cfg(c, "num_hidden_layers"), cfg(c, "hidden_size")
-        n_ff, n_expert = cfg(c, "intermediate_size"), cfg(c, "num_experts")
-        n_vocab = self.vocab_size(ckpt)
-        n_kv = cfg(c, "num_key_value_heads", "num_attention_heads") * (n_embd // cfg(c, "num_attention_heads"))
-        shapes = {  # numpy-order shape of every GGUF tensor, from config.json
-            "token_embd.weight": (n_vocab, n_embd), "output_norm.weight": (n_embd,),
-            "output.weight": (n_vocab, n_embd), "attn_norm.weight": (n_embd,),
-            "attn_q.weight": (n_embd, n_embd), "attn_k.weight": (n_kv, n_embd), "attn_v.weight": (n_kv, n_embd),
-            "attn_output.weight": (n_embd, n_embd), "attn_q_norm.weight": (n_embd,),
-            "attn_k_norm.weight": (n_kv,), "ffn_norm.weight": (n_embd,), "ffn_gate_inp.weight": (n_expert, n_embd),
-            "ffn_gate_exps.weight": (n_expert, n_ff, n_embd), "ffn_up_exps.weight": (n_expert, n_ff, n_embd),
-            "ffn_down_exps.weight": (n_expert, n_embd, n_ff),
-        }
-
-        def shape_of(gguf_name: str) -> tuple[int, ...]:
-            return shapes[gguf_name.split(".", 2)[-1] if gguf_name.startswith("blk.") else gguf_name]
-
-        def single(src: str, dst: str) -> PlannedTensor:
-            shape = shape_of(dst)
-            force = "F32" if dst.endswith("ffn_gate_inp.weight") else None
-            return PlannedTensor(dst, shape, [Part(src, shape)], force_type=force)
-
-        plan = [single("model.embed_tokens.weight", "token_embd.weight")]
-        fused = FUSED_GATE_UP.format(bid=0) in ckpt.names
-        for b in range(n_layer):
-            for src, dst in TENSORS.items():
-                if "{bid}" in src:
-                    plan.append(single(src.format(bid=b), dst.format(bid=b)))
-            if fused:
-                plan += fused_experts(b, FUSED_GATE_UP.format(bid=b), FUSED_DOWN.format(bid=b), n_expert, n_ff, n_embd)
-            else:
-                for src, dst in EXPERTS.items():
-                    name = dst.format(bid=b)
-                    shape = shape_of(name)
-                    parts = [Part(src.format(bid=b, xid=x), shape[1:]) for x in range(n_expert)]
-                    plan.append(PlannedTensor(name, shape, parts))
-        plan.append(single("model.norm.weight", "output_norm.weight"))
-        # llama.cpp's olmoe requires output.weight: for tied embeddings writing the embedding there is exact
-        tied = c.get("tie_word_embeddings", False) and "lm_head.weight" not in ckpt.names
-        head = "model.embed_tokens.weight" if tied else "lm_head.weight"
-        plan.append(single(head, "output.weight"))
-        return plan
+    def dims(self, config: dict) -> MoeDims:
+        n_embd, n_head = cfg(config, "hidden_size"), cfg(config, "num_attention_heads")
+        return MoeDims(n_vocab=cfg(config, "vocab_size"), n_embd=n_embd, n_layer=cfg(config, "num_hidden_layers"),
+                       n_head=n_head, n_head_kv=cfg(config, "num_key_value_heads", "num_attention_heads"),
+                       head_dim=n_embd // n_head, n_ff=cfg(config, "intermediate_size"),
+                       n_expert=cfg(config, "num_experts"), n_expert_used=cfg(config, "num_experts_per_tok"),
+                       n_ctx_train=cfg(config, "max_position_embeddings"),
+                       tied=bool(config.get("tie_word_embeddings", False)))
 
     def reference_logits(self, folder: Path, ids: list[int]) -> np.ndarray:
         from .reference import transformers_logits

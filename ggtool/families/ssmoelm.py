@@ -497,7 +497,7 @@ class Ssmoelm(Family):
         v.chat_template = v.chat_template or CHOICES["chat_template"]
         return v
 
-    def plan(self, ckpt: Checkpoint) -> list[PlannedTensor]:
+    def tensor_plan(self, ckpt: Checkpoint) -> list[PlannedTensor]:
         return self._plan(ckpt, lossless=False)
 
     def lossless(self, ckpt: Checkpoint) -> tuple[list[PlannedTensor], gguf.LlamaFileType]:
