@@ -83,7 +83,7 @@ def check_snapshot(folder: Path, spec: str) -> None:
                           "was interrupted: run again online")
     if "auto_map" in config:
         from .checkpoint import Checkpoint
-        from .families import detect
+        from .families import detect, supported
 
         try:
             detect(Checkpoint(folder))
@@ -91,8 +91,7 @@ def check_snapshot(folder: Path, spec: str) -> None:
             kind = config.get("model_type") or config.get("architectures") or "?"
             raise GgtoolError(f"{spec}: model type {kind} is defined by the repo's own Python code "
                               f"(auto_map: {', '.join(config['auto_map'])}); ggtool never runs remote code "
-                              "and has no converter for it", "supported: OLMoE, neo-3/Mixtral, SSMoELM, Metis"
-                              ) from None
+                              "and has no converter for it", f"supported families: {supported()}") from None
 
 
 @contextlib.contextmanager

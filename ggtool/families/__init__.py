@@ -19,9 +19,23 @@ def detect(ckpt: Checkpoint) -> Family:
         if family.detect(ckpt):
             return family
     arch = ckpt.config.get("architectures") or ckpt.config.get("model_type") or "nothing"
-    supported = ", ".join(f.title for f in FAMILIES)
     raise GgtoolError(f"{ckpt.folder / 'config.json'} names {arch}, which ggtool does not convert",
-                      f"supported families: {supported}")
+                      f"supported families: {supported()}")
+
+
+def supported() -> str:
+    """The families ggtool converts, for messages."""
+    return ", ".join(f.title for f in FAMILIES)
+
+
+def by_config(config: dict, where: str = "config.json") -> Family:
+    """The family config.json names (for questions asked without the weights), or a refusal naming the choices."""
+    family = next((f for f in FAMILIES if f.describes(config)), None)
+    if family is None:
+        arch = config.get("architectures") or config.get("model_type") or "nothing"
+        raise GgtoolError(f"{where} names {arch}, which no ggtool family describes from config.json alone",
+                          f"supported families: {supported()}; for others give a GGUF file")
+    return family
 
 
 def by_arch(arch: str) -> Family | None:

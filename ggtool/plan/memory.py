@@ -25,6 +25,7 @@ import gguf
 import numpy as np
 
 from ..errors import GgtoolError
+from ..families import by_config
 from ..gguf_in import read_header
 
 MiB = 1 << 20
@@ -198,7 +199,8 @@ def recipe_type(ftype: str, name: str, layer: int | None, n_layer: int, n_expert
 
 
 def from_config(src: Path, ftype: str) -> ModelShape:
-    """The shape a GGUF of checkpoint `src` (folder or config.json) quantized to `ftype` would have."""
+    """The shape a GGUF of checkpoint `src` (folder or config.json) quantized to `ftype` would have: the tensors
+    and shapes come from the family that converts it (its `layout`), in the order llama.cpp's quantizer meets them."""
     src = Path(src)
     cfg_path = src / "config.json" if src.is_dir() else src
     if not cfg_path.is_file():
@@ -206,43 +208,27 @@ def from_config(src: Path, ftype: str) -> ModelShape:
                           "with --type")
     try:
         cfg = json.loads(cfg_path.read_text())
-        n_layer = int(cfg["num_hidden_layers"])
-        n_embd = int(cfg["hidden_size"])
-        n_head = int(cfg["num_attention_heads"])
-        n_head_kv = int(cfg.get("num_key_value_heads") or n_head)
-        head_dim = int(cfg.get("head_dim") or n_embd // n_head)
-        n_vocab = int(cfg["vocab_size"])
-        n_expert = int(cfg.get("num_experts") or cfg.get("num_local_experts") or cfg.get("n_routed_experts") or 0)
-        n_used = int(cfg.get("num_experts_per_tok") or 0)
-        n_ff = int(cfg.get("moe_intermediate_size") or cfg["intermediate_size"])
-        n_ctx_train = int(cfg.get("max_position_embeddings", 4096))
-        tied = bool(cfg.get("tie_word_embeddings", False))
-        arch = str(cfg.get("model_type", "llama"))
-    except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
+    except (ValueError, UnicodeDecodeError) as e:
+        raise GgtoolError(f"{cfg_path}: cannot read the model's shape ({type(e).__name__}: {e})") from None
+    if not isinstance(cfg, dict):
+        raise GgtoolError(f"{cfg_path}: cannot read the model's shape (not a JSON object)")
+    family = by_config(cfg, str(cfg_path))
+    try:
+        d = family.dims(cfg)
+        layout = [(name, [int(n) for n in reversed(shape)]) for name, shape in family.layout(cfg)]  # ne0 first
+        n_layer, n_embd, n_head, n_head_kv = int(d.n_layer), int(d.n_embd), int(d.n_head), int(d.n_head_kv)
+        n_vocab, n_expert, n_used, n_ff = int(d.n_vocab), int(d.n_expert), int(d.n_expert_used), int(d.n_ff)
+        head_dim, n_ctx_train = int(d.head_dim), int(d.n_ctx_train)
+    except (ValueError, TypeError, ZeroDivisionError) as e:
         raise GgtoolError(f"{cfg_path}: cannot read the model's shape ({type(e).__name__}: {e})") from None
     gqa = n_head // max(n_head_kv, 1)
-    specs: list[tuple[str, list[int]]] = []
-    if not tied:
-        specs.append(("output.weight", [n_embd, n_vocab]))
-    specs += [("output_norm.weight", [n_embd]), ("token_embd.weight", [n_embd, n_vocab])]
-    for il in range(n_layer):
-        p = f"blk.{il}."
-        specs += [(p + "attn_k.weight", [n_embd, head_dim * n_head_kv])]
-        if arch == "olmoe":
-            specs += [(p + "attn_k_norm.weight", [head_dim * n_head_kv])]
-        specs += [(p + "attn_norm.weight", [n_embd]), (p + "attn_output.weight", [head_dim * n_head, n_embd]),
-                  (p + "attn_q.weight", [n_embd, head_dim * n_head])]
-        if arch == "olmoe":
-            specs += [(p + "attn_q_norm.weight", [head_dim * n_head])]
-        specs += [(p + "attn_v.weight", [n_embd, head_dim * n_head_kv])]
-        if n_expert:
-            specs += [(p + "ffn_down_exps.weight", [n_ff, n_embd, n_expert]),
-                      (p + "ffn_gate_exps.weight", [n_embd, n_ff, n_expert]),
-                      (p + "ffn_gate_inp.weight", [n_embd, n_expert]), (p + "ffn_norm.weight", [n_embd]),
-                      (p + "ffn_up_exps.weight", [n_embd, n_ff, n_expert])]
-        else:
-            specs += [(p + "ffn_down.weight", [n_ff, n_embd]), (p + "ffn_gate.weight", [n_embd, n_ff]),
-                      (p + "ffn_norm.weight", [n_embd]), (p + "ffn_up.weight", [n_embd, n_ff])]
+    tied = not any(name == "output.weight" for name, _ in layout)  # llama.cpp then quantizes token_embd as the head
+
+    def layer_of(name: str) -> int:
+        m = LAYER_RX.match(name)
+        return int(m.group(1)) if m else -1
+
+    specs = sorted(layout, key=lambda t: (layer_of(t[0]), t[0]))  # the output layer's tensors, then each block's
     tensors, offset, i_attn_v, i_ffn_down = [], 0, 0, 0
     for name, shape in specs:
         m = LAYER_RX.match(name)
@@ -260,8 +246,8 @@ def from_config(src: Path, ftype: str) -> ModelShape:
         n_bytes = row_bytes(typ, shape[0]) * int(np.prod(shape[1:], dtype=np.int64))
         tensors.append(Tensor(name, typ, shape, n_bytes, offset))
         offset += pad(n_bytes, 32)
-    return ModelShape(cfg_path.parent.name, arch, n_layer, n_embd, n_head, n_head_kv, head_dim, head_dim, n_vocab,
-                      n_expert, n_used, n_ff, n_ctx_train, tensors, ftype.upper())
+    return ModelShape(cfg_path.parent.name, family.arch, n_layer, n_embd, n_head, n_head_kv, head_dim, head_dim,
+                      n_vocab, n_expert, n_used, n_ff, n_ctx_train, tensors, ftype.upper())
 
 
 # -- placement and prediction ------------------------------------------------------------------------------------
