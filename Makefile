@@ -28,6 +28,16 @@ $(VENV)/.installed: pyproject.toml ggtool/llama/build.py $(wildcard patches/llam
 	$(PY) -m pip install -q "$$(cat $(VENV)/.llama-wheel)" -e '.[test]'
 	touch $@
 
+# the package as a user installs it, without extras (`pip install .`): tests/test_packaging.py runs every command
+# there, so a runtime import that pyproject.toml does not declare fails the suite (reinstalled when the source changes)
+VENV_MIN ?= .venv-min
+install: $(VENV_MIN)/.installed
+
+$(VENV_MIN)/.installed: pyproject.toml $(shell find ggtool -name '*.py' -o -path 'ggtool/default_model/*')
+	test -x $(VENV_MIN)/bin/python || python3 -m venv $(VENV_MIN)
+	$(VENV_MIN)/bin/python -m pip install -q --upgrade-strategy only-if-needed .
+	touch $@
+
 test: install
 	$(VENV)/bin/pytest -q
 

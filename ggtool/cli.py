@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -528,7 +529,7 @@ def publish(folder: Path = typer.Argument(..., help="ladder folder (*.gguf, qual
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:
@@ -540,7 +541,7 @@ def main() -> None:
             err.print("[red]interrupted[/]", soft_wrap=True)
         sys.exit(rc if isinstance(rc, int) else 0)
     except GgtoolError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # hints name extras: [verify]
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]: nothing was written", soft_wrap=True)
@@ -557,7 +558,7 @@ def main() -> None:
             sys.exit(e.exit_code)
         if os.environ.get("GGTOOL_DEBUG"):
             raise
-        err.print(f"[red]internal error:[/] {type(e).__name__}: {e} (re-run with GGTOOL_DEBUG=1 for a traceback)",
+        err.print(f"[red]internal error:[/] {type(e).__name__}: {escape(str(e))} (re-run with GGTOOL_DEBUG=1 for a traceback)",
                   highlight=False, soft_wrap=True)
         sys.exit(2)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# what `verify` needs beyond a plain install (its reference forwards): pyproject.toml's `verify` extra
+VERIFY_HINT = "install the verify extra: pip install 'ggtool[verify]' (transformers and torch 2.13.0)"
+
 
 class GgtoolError(Exception):
     """A problem with the user's input or environment, rendered by the CLI as one line."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import GgtoolError
+from ..errors import VERIFY_HINT, GgtoolError
 
 
 def transformers_logits(folder: Path, ids: list[int], class_name: str) -> np.ndarray:
@@ -15,8 +15,7 @@ def transformers_logits(folder: Path, ids: list[int], class_name: str) -> np.nda
         import torch
         import transformers
     except ImportError:
-        raise GgtoolError("verify needs transformers and torch for this family",
-                          "pip install 'ggtool[test]' (torch==2.13.0 installs the CPU build)") from None
+        raise GgtoolError("verify needs transformers and torch for this family", VERIFY_HINT) from None
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     cls = getattr(transformers, class_name)
