@@ -14,6 +14,7 @@ from ggtool.checkpoint import Checkpoint
 from ggtool.convert import convert, prepare
 from ggtool.errors import GgtoolError
 from ggtool.llama.model import LlamaModel
+from ggtool.plan.memory import from_config, read_gguf
 from ggtool.templates import render_chat
 from ggtool.verify import verify
 from tests.conftest import run_cli
@@ -68,6 +69,12 @@ def test_head_dim_rope_theta_linear_scaling_tied(tmp_path, spm_tokenizer):
         assert m.meta("llama.rope.scaling.type") == "linear"
         assert m.meta("llama.attention.key_length") == "48"
     _assert_exact(src, tmp_path / "variant.gguf")
+
+
+def test_what_if_shapes_are_the_converted_files(mixtral, mixtral_gguf):
+    """The planner's config.json path asks the family: the tensors, shapes and types convert writes."""
+    want = {t.name: (t.type, t.shape, t.n_bytes) for t in read_gguf(mixtral_gguf).tensors}
+    assert {t.name: (t.type, t.shape, t.n_bytes) for t in from_config(mixtral, "F32").tensors} == want
 
 
 def test_metadata_and_chat_template(mixtral_gguf):

@@ -182,6 +182,22 @@ def test_olmoe_1b7b_fits_1gib_vram_6gib_ram(tmp_path, qtype):
     assert host_tensors == []
 
 
+def test_what_if_shapes_are_the_converted_files(olmoe_checkpoint, tiny_gguf):
+    """The config.json path asks the family: the tensors, shapes and types convert (+ quantize) writes."""
+    for qtype in ("F16", "Q8_0"):
+        want = {t.name: (t.type, t.shape, t.n_bytes) for t in read_gguf(tiny_gguf[qtype]).tensors}
+        got = {t.name: (t.type, t.shape, t.n_bytes) for t in from_config(olmoe_checkpoint, qtype).tensors}
+        assert got == want
+
+
+def test_what_if_of_an_unconverted_family_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                                                      "hidden_size": 256, "num_hidden_layers": 2}))
+    r = run_cli("plan", tmp_path, "--type", "Q4_K_M", "--ram", "1GiB")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "LlamaForCausalLM" in r.stderr and "supported families" in r.stderr and "OLMoE" in r.stderr
+
+
 def test_budget_too_small_names_the_smallest(tiny_gguf):
     r = run_cli("plan", tiny_gguf["Q4_K_M"], "--ram", "4MiB")
     assert r.returncode == 1 and "Traceback" not in r.stderr
