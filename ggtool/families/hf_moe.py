@@ -18,9 +18,27 @@ import gguf
 import numpy as np
 
 from ..checkpoint import Checkpoint
-from .base import Family, HParam, Part, PlannedTensor, cfg
+from .base import Family, HParam, Part, PlannedTensor
 
 T = gguf.MODEL_TENSOR
+K = gguf.Keys
+# GGUF keys whose values are sizes of the dims record (MoeDims attribute), written in the order a family lists them
+SIZE_KEYS = {K.LLM.CONTEXT_LENGTH: "n_ctx_train", K.LLM.EMBEDDING_LENGTH: "n_embd", K.LLM.BLOCK_COUNT: "n_layer",
+             K.LLM.FEED_FORWARD_LENGTH: "n_ff", K.Attention.HEAD_COUNT: "n_head",
+             K.Attention.HEAD_COUNT_KV: "n_head_kv", K.LLM.EXPERT_COUNT: "n_expert",
+             K.LLM.EXPERT_USED_COUNT: "n_expert_used"}
+SIZES = (K.LLM.CONTEXT_LENGTH, K.LLM.EMBEDDING_LENGTH, K.LLM.BLOCK_COUNT, K.LLM.FEED_FORWARD_LENGTH,
+         K.Attention.HEAD_COUNT, K.Attention.HEAD_COUNT_KV)
+EXPERT_SIZES = (K.LLM.EXPERT_COUNT, K.LLM.EXPERT_USED_COUNT)
+# the attention half of a transformers Llama-style block, which its MoE descendants keep under the same names
+ATTENTION = (
+    (T.ATTN_NORM, "model.layers.{bid}.input_layernorm.weight"),
+    (T.ATTN_Q, "model.layers.{bid}.self_attn.q_proj.weight"),
+    (T.ATTN_K, "model.layers.{bid}.self_attn.k_proj.weight"),
+    (T.ATTN_V, "model.layers.{bid}.self_attn.v_proj.weight"),
+    (T.ATTN_OUT, "model.layers.{bid}.self_attn.o_proj.weight"),
+)
+FFN_NORM = (T.FFN_NORM, "model.layers.{bid}.post_attention_layernorm.weight")
 
 
 def tensor_name(tensor: gguf.MODEL_TENSOR, bid: int | None = None) -> str:
@@ -43,6 +61,10 @@ class MoeDims:
     n_expert_used: int
     n_ctx_train: int
     tied: bool  # tie_word_embeddings: the LM head is the token embedding
+
+    def hparams(self, keys: tuple[str, ...]) -> list[HParam]:
+        """The u32 GGUF keys (gguf-py's, from SIZE_KEYS) that state these sizes."""
+        return [HParam(key, getattr(self, SIZE_KEYS[key])) for key in keys]
 
     def shapes(self) -> dict[gguf.MODEL_TENSOR, tuple[int, ...]]:
         """numpy-order shape of every tensor such a decoder may have."""
@@ -140,8 +162,3 @@ def fused_experts(b: int, gate_up: str, down: str, d: MoeDims) -> list[PlannedTe
                       [Part(down, (n_expert, n_embd, n_ff), index=x) for x in range(n_expert)]),
     ]
 
-
-def hparams_from(config: dict, table: list[tuple[str, tuple[str, ...], str]],
-                 get: Callable[..., object] = cfg) -> list[HParam]:
-    """One HParam per (gguf-py key, config.json keys tried in order, kind) row."""
-    return [HParam(key, get(config, *src), kind) for key, src, kind in table]

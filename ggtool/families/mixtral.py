@@ -17,14 +17,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import gguf
 import numpy as np
 
 from ..checkpoint import Checkpoint
 from ..errors import GgtoolError
 from ..vocab import Vocab, load_llama_vocab
 from .base import HParam, cfg, refuse_settings
-from .hf_moe import T, HfMoeDecoder, MoeDims, hparams_from
+from .hf_moe import ATTENTION, EXPERT_SIZES, FFN_NORM, SIZES, K, T, HfMoeDecoder, MoeDims
 
 CLASS = "MixtralForCausalLM"
 
@@ -37,20 +36,6 @@ PER_EXPERT = re.compile(r"model\.layers\.(\d+)\.(?:block_sparse_moe|mlp)\.expert
 DEFAULTS = {"num_key_value_heads": 8, "hidden_act": "silu", "max_position_embeddings": 4096 * 32,
             "rms_norm_eps": 1e-5, "num_experts_per_tok": 2, "num_local_experts": 8, "rope_theta": 1e6,
             "tie_word_embeddings": False, "sliding_window": None}
-
-K = gguf.Keys
-# config.json key(s) -> GGUF key (gguf-py's, under `llama.`)
-HPARAMS = [
-    (K.LLM.CONTEXT_LENGTH, ("max_position_embeddings",), "u32"),
-    (K.LLM.EMBEDDING_LENGTH, ("hidden_size",), "u32"),
-    (K.LLM.BLOCK_COUNT, ("num_hidden_layers",), "u32"),
-    (K.LLM.FEED_FORWARD_LENGTH, ("intermediate_size",), "u32"),
-    (K.Attention.HEAD_COUNT, ("num_attention_heads",), "u32"),
-    (K.Attention.HEAD_COUNT_KV, ("num_key_value_heads",), "u32"),
-    (K.Attention.LAYERNORM_RMS_EPS, ("rms_norm_eps",), "f32"),
-    (K.LLM.EXPERT_COUNT, ("num_local_experts", "num_experts"), "u32"),
-    (K.LLM.EXPERT_USED_COUNT, ("num_experts_per_tok",), "u32"),
-]
 
 # settings llama.cpp's llama graph cannot express: (config key, value llama.cpp assumes, why)
 REFUSED = [
@@ -112,15 +97,7 @@ def permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
 
 class Mixtral(HfMoeDecoder):
     # checkpoint tensors of block {bid} -> GGUF tensor, in file order; {moe} is the MoE module's name (MOE_NAMES)
-    BLOCK = (
-        (T.ATTN_NORM, "model.layers.{bid}.input_layernorm.weight"),
-        (T.ATTN_Q, "model.layers.{bid}.self_attn.q_proj.weight"),
-        (T.ATTN_K, "model.layers.{bid}.self_attn.k_proj.weight"),
-        (T.ATTN_V, "model.layers.{bid}.self_attn.v_proj.weight"),
-        (T.ATTN_OUT, "model.layers.{bid}.self_attn.o_proj.weight"),
-        (T.FFN_NORM, "model.layers.{bid}.post_attention_layernorm.weight"),
-        (T.FFN_GATE_INP, "model.layers.{bid}.{moe}.gate.weight"),
-    )
+    BLOCK = (*ATTENTION, FFN_NORM, (T.FFN_GATE_INP, "model.layers.{bid}.{moe}.gate.weight"))
     # per-expert tensors ({xid}) stacked into one 3-D GGUF tensor per block: w1 gate, w3 up, w2 down
     EXPERTS = (
         (T.FFN_GATE_EXP, "model.layers.{bid}.{moe}.experts.{xid}.w1.weight"),
@@ -205,8 +182,9 @@ class Mixtral(HfMoeDecoder):
                               "the weights and config.json disagree; use the config.json saved with these weights")
 
     def hparams(self, ckpt: Checkpoint) -> list[HParam]:
-        c = ckpt.config
-        hps = hparams_from(c, HPARAMS, self._get)
+        c, d = ckpt.config, self.dims(ckpt.config)
+        hps = [*d.hparams(SIZES), HParam(K.Attention.LAYERNORM_RMS_EPS, self._get(c, "rms_norm_eps"), "f32"),
+               *d.hparams(EXPERT_SIZES)]
         rp = _rope_parameters(c)
         hd = head_dim(c)
         hps += [HParam(K.Rope.FREQ_BASE, float(rp["rope_theta"]), "f32"),

@@ -11,28 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import gguf
 import numpy as np
 
 from ..checkpoint import Checkpoint
 from ..errors import GgtoolError
 from .base import HParam, cfg, refuse_settings
-from .hf_moe import T, HfMoeDecoder, MoeDims, hparams_from
-
-K = gguf.Keys
-# config.json key(s) -> GGUF key (gguf-py's, under `olmoe.`)
-HPARAMS = [
-    (K.LLM.CONTEXT_LENGTH, ("max_position_embeddings",), "u32"),
-    (K.LLM.EMBEDDING_LENGTH, ("hidden_size",), "u32"),
-    (K.LLM.BLOCK_COUNT, ("num_hidden_layers",), "u32"),
-    (K.LLM.FEED_FORWARD_LENGTH, ("intermediate_size",), "u32"),
-    (K.Attention.HEAD_COUNT, ("num_attention_heads",), "u32"),
-    (K.Attention.HEAD_COUNT_KV, ("num_key_value_heads", "num_attention_heads"), "u32"),
-    (K.Rope.FREQ_BASE, ("rope_parameters.rope_theta", "rope_theta"), "f32"),
-    (K.Attention.LAYERNORM_RMS_EPS, ("rms_norm_eps",), "f32"),
-    (K.LLM.EXPERT_COUNT, ("num_experts",), "u32"),
-    (K.LLM.EXPERT_USED_COUNT, ("num_experts_per_tok",), "u32"),
-]
+from .hf_moe import ATTENTION, EXPERT_SIZES, FFN_NORM, SIZES, K, T, HfMoeDecoder, MoeDims
 
 # settings llama.cpp's olmoe graph cannot express: (config key, value llama.cpp assumes, why)
 REFUSED = [
@@ -50,14 +34,10 @@ REFUSED = [
 class Olmoe(HfMoeDecoder):
     # checkpoint tensors of block {bid} -> GGUF tensor, in file order (embedding, final norm, head: the base's)
     BLOCK = (
-        (T.ATTN_NORM, "model.layers.{bid}.input_layernorm.weight"),
-        (T.ATTN_Q, "model.layers.{bid}.self_attn.q_proj.weight"),
-        (T.ATTN_K, "model.layers.{bid}.self_attn.k_proj.weight"),
-        (T.ATTN_V, "model.layers.{bid}.self_attn.v_proj.weight"),
-        (T.ATTN_OUT, "model.layers.{bid}.self_attn.o_proj.weight"),
-        (T.ATTN_Q_NORM, "model.layers.{bid}.self_attn.q_norm.weight"),
+        *ATTENTION,
+        (T.ATTN_Q_NORM, "model.layers.{bid}.self_attn.q_norm.weight"),  # whole-vector, not per head
         (T.ATTN_K_NORM, "model.layers.{bid}.self_attn.k_norm.weight"),
-        (T.FFN_NORM, "model.layers.{bid}.post_attention_layernorm.weight"),
+        FFN_NORM,
         (T.FFN_GATE_INP, "model.layers.{bid}.mlp.gate.weight"),
     )
     # per-expert tensors ({xid}) stacked into one 3-D GGUF tensor per block
@@ -92,7 +72,9 @@ class Olmoe(HfMoeDecoder):
                               "num_attention_heads * head_dim == hidden_size")
 
     def hparams(self, ckpt: Checkpoint) -> list[HParam]:
-        return hparams_from(ckpt.config, HPARAMS)
+        c, d = ckpt.config, self.dims(ckpt.config)
+        return [*d.hparams(SIZES), HParam(K.Rope.FREQ_BASE, cfg(c, "rope_parameters.rope_theta", "rope_theta"), "f32"),
+                HParam(K.Attention.LAYERNORM_RMS_EPS, cfg(c, "rms_norm_eps"), "f32"), *d.hparams(EXPERT_SIZES)]
 
     def dims(self, config: dict) -> MoeDims:
         n_embd, n_head = cfg(config, "hidden_size"), cfg(config, "num_attention_heads")
