@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml ggtool/llama/build.py $(wildcard patches/llam
 VENV_MIN ?= .venv-min
 install: $(VENV_MIN)/.installed
 
-$(VENV_MIN)/.installed: pyproject.toml $(shell find ggtool -name '*.py' -o -path 'ggtool/default_model/*')
+$(VENV_MIN)/.installed: pyproject.toml $(shell find ggtool -type f -not -path '*/__pycache__/*')
 	test -x $(VENV_MIN)/bin/python || python3 -m venv $(VENV_MIN)
 	$(VENV_MIN)/bin/python -m pip install -q --upgrade-strategy only-if-needed .
 	touch $@
