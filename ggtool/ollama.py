@@ -26,6 +26,7 @@ from pathlib import Path
 import gguf
 
 from .errors import GgtoolError
+from .limits import check_plan
 from .gguf_in import recommended_sampling
 from .templates import render_chat
 
@@ -441,6 +442,9 @@ def read_gguf_chat(path: Path) -> GgufChat:
     path = Path(path)
     if not path.is_file():
         raise GgtoolError(f"{path}: no such file")
+    from .gguf_in import read_header
+
+    read_header(path)  # bounds-checked first: gguf-py fails with IndexError and worse on damaged files
     try:
         r = gguf.GGUFReader(path)
     except (ValueError, OSError) as e:
@@ -470,6 +474,7 @@ def read_plan(path: Path) -> dict:
     """The plan JSON's num_ctx / num_gpu (keys n_ctx, n_gpu_layers)."""
     try:
         plan = json.loads(Path(path).read_text())
+        check_plan(plan, str(path))
         return {"num_ctx": int(plan["n_ctx"]), "num_gpu": int(plan["n_gpu_layers"])}
     except FileNotFoundError:
         raise GgtoolError(f"{path}: no such plan file") from None

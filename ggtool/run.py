@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import GgtoolError
-from .gguf_in import read_header, recommended_sampling as gguf_sampling
+from .gguf_in import SAMPLING_KEYS, read_header, recommended_sampling as gguf_sampling
+from .limits import check_gguf_model, check_sampling
 from .families import by_arch
 from .llama.model import ContextOptions, LlamaModel, Sampling
 from .templates import render_chat
@@ -21,11 +22,14 @@ class Completion:
 
 
 def require_runnable(path: Path, action: str = "run") -> None:
-    """Refuse, with the family's reason, a GGUF whose architecture no llama.cpp graph computes (run, quantize)."""
+    """Refuse, with the family's reason, a GGUF whose architecture no llama.cpp graph computes (run, quantize), and
+    one whose shape metadata would make llama.cpp abort (block and expert counts outside its limits)."""
     try:
-        arch = read_header(path).get("general.architecture")
+        header = read_header(path)
     except GgtoolError:  # missing or malformed: the caller's own load reports it
         return
+    check_gguf_model(header)
+    arch = header.get("general.architecture")
     family = by_arch(arch) if arch is not None else None
     if family is not None and not family.runnable:
         raise GgtoolError(f"{path}: cannot {action} architecture {family.arch} in llama.cpp: "
@@ -42,6 +46,7 @@ def recommended_sampling(path: Path, **overrides) -> Sampling:
         recommended = gguf_sampling(read_header(path).get)
     except GgtoolError:  # the load reports it
         recommended = {}
+    check_sampling(recommended, str(path), SAMPLING_KEYS)
     values = {"temperature": LLAMA_CPP_DEFAULT_TEMPERATURE, **recommended}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Sampling(**values)
