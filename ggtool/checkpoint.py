@@ -118,7 +118,8 @@ class SafetensorsFile:
         spans = sorted((e.begin, e.end, n) for n, e in self.entries.items() if e.end > e.begin)
         for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
             if begin_b < end_a:
-                raise GgtoolError(f"{path}: tensors {a} and {b} overlap in the data section (bytes {begin_b}–{end_a})",
+                raise GgtoolError(f"{path}: tensors {a} and {b} overlap in the data section "
+                                  f"(bytes {begin_b}–{end_a})",
                                   "the file is corrupt; re-download or re-save the checkpoint")
         self._map: mmap.mmap | None = None
 

@@ -202,9 +202,9 @@ def plan_cmd(model: Path = typer.Argument(..., help="GGUF file, or a checkpoint 
              json_out: Path = typer.Option(None, "--json", "-o", help="write the plan JSON here ('-': to stdout)")
              ) -> None:
     """Fastest placement of a model on a machine's VRAM + RAM (+ RPC hosts), checked against llama.cpp's rules."""
-    global out
+    global out  # with --json - the tables go to stderr: stdout carries the JSON only
     if json_out is not None and str(json_out) == "-":
-        out = err  # stdout carries the JSON only
+        out = err
     from .plan.export import llama_cpp_flags, llama_cpp_python_kwargs, ollama_parameters, plan_json, write_plan
     from .plan.memory import Device, from_config, read_gguf
     from .plan.search import Budget, plan as run_plan
@@ -434,12 +434,12 @@ def eval_(base: Path = typer.Argument(..., help="the base GGUF (e.g. F16) the va
     """Perplexity, KL divergence from BASE and top-1 agreement of quantized variants, by llama.cpp."""
     from .quality import DEFAULT_HELDOUT, evaluate
 
-    global out
+    global out  # with --json - the table goes to stderr: stdout carries the JSON only
     check("--ctx", ctx)
     check("--chunks", chunks)
     check("--threads", threads)
     if json_file is not None and str(json_file) == "-":
-        out = err  # stdout carries the JSON only
+        out = err
     elif json_file is not None:
         refuse_inputs(json_file, [("the base model", base), *[("a variant", v) for v in variants],
                                   ("the held-out text", text or DEFAULT_HELDOUT)])
@@ -582,13 +582,7 @@ def main() -> None:
     """Entry point: bad input becomes one line on stderr and a non-zero exit, never a traceback."""
     from .outputs import os_error
 
-    usage_errors: tuple[type[Exception], ...] = (getattr(typer, "TyperException", Exception),)  # typer's own click
-    try:
-        import click
-
-        usage_errors = (*usage_errors, click.ClickException)
-    except ImportError:  # typer >= 0.29 vendors click
-        pass
+    usage_errors = _click_exceptions()
 
     warnings.showwarning = _show_warning
     try:
@@ -616,6 +610,19 @@ def main() -> None:
         sys.exit(EXIT_ERROR)
     except Exception as e:  # noqa: BLE001 - a bug, not bad input: still one line unless debugging
         _internal(e)
+
+
+def _click_exceptions() -> tuple[type[Exception], ...]:
+    """click's exception base classes: typer >= 0.29 vendors its own click (typer.TyperException), older typer
+    uses click's."""
+    found = [typer.TyperException] if hasattr(typer, "TyperException") else []
+    try:
+        import click
+
+        found.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(found)
 
 
 def _show_usage_error(e: Exception) -> None:

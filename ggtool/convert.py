@@ -95,7 +95,7 @@ def convert(src: Path, dest: Path, outtype: str = "f16",
             except GgtoolError as e:  # written into the GGUF, it would fail in every client that renders it
                 raise GgtoolError(f"{src}: chat template{' ' + name if name else ''}: {e.message}",
                                   "fix the template in tokenizer_config.json / chat_template.jinja") from None
-    check_destination(dest, ckpt.input_paths())
+    check_destination(dest, [("one of the conversion's inputs", p) for p in ckpt.input_paths()])
     if vocab.chat_template:  # a warning here; modelfile, export lmstudio and publish refuse
         from .template_check import check_template
 

@@ -155,7 +155,8 @@ def export(models: list[Path], publisher: str, model: str, root: Path | None = N
         refuse_inputs(dest / name, [("a file being exported", m) for m in models])
     owned = _owned(dest) if dest.is_dir() else set()
     if dest.is_dir():
-        foreign = sorted(p.name for p in dest.iterdir() if p.name not in owned | {OWNED} and not p.name.endswith(".partial"))
+        foreign = sorted(p.name for p in dest.iterdir()
+                         if p.name not in owned | {OWNED} and not p.name.endswith(".partial"))
         if foreign and not replace:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise GgtoolError(f"{dest}: holds files ggtool did not place there ({shown})",

@@ -36,6 +36,16 @@ def require_runnable(path: Path, action: str = "run") -> None:
                           f"{family.not_runnable_reason}", "`ggtool inspect` and `ggtool verify` work on it")
 
 
+def check_context(path: Path, n_prompt: int, max_tokens: int) -> None:
+    """Refuse a prompt plus completion longer than the model's context length (the KV cache is sized by it)."""
+    header = read_header(path)
+    limit = header.get(f"{header.get('general.architecture')}.context_length")
+    if isinstance(limit, int) and n_prompt + max_tokens > limit:
+        raise GgtoolError(f"--max-tokens {max_tokens}: the prompt's {n_prompt} tokens and the completion need a "
+                          f"context of {n_prompt + max_tokens}, beyond {path.name}'s context length {limit}",
+                          f"use -n {max(1, limit - n_prompt)} or less")
+
+
 LLAMA_CPP_DEFAULT_TEMPERATURE = 0.8  # llama-cli's, when the GGUF recommends none
 
 
@@ -123,6 +133,7 @@ def stream(path: Path, prompt: str, max_tokens: int = 128, chat: bool = False, p
         add_special = not (chat and bos and prompt.startswith(bos))
         ids = model.tokenize(prompt, add_special=add_special, parse_special=chat)
         if len(ids) + max_tokens > opts.n_ctx:
+            check_context(path, len(ids), max_tokens)
             opts.n_ctx = len(ids) + max_tokens
         out: list[int] = []
         pending = b""

@@ -54,8 +54,9 @@ def test_copy_mode_and_replacing_an_export(variants, tmp_path):
     export(variants[:1], "p", "m", tmp_path, link=False)
     placed = tmp_path / "p" / "m" / variants[0].name
     assert not os.path.samefile(placed, variants[0]) and placed.read_bytes() == variants[0].read_bytes()
-    export(variants[1:], "p", "m", tmp_path, link=True)  # a second export replaces the folder as a whole
-    assert sorted(p.name for p in (tmp_path / "p" / "m").iterdir() if p.name != OWNED) == ["model.yaml", variants[1].name]
+    export(variants[1:], "p", "m", tmp_path, link=True)  # a second export replaces the first one's files
+    placed = sorted(p.name for p in (tmp_path / "p" / "m").iterdir() if p.name != OWNED)
+    assert placed == ["model.yaml", variants[1].name]
 
 
 def test_exported_files_load_and_chat_in_llama_cpp(variants, tmp_path):

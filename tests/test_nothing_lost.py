@@ -146,6 +146,18 @@ def test_export_of_a_file_already_in_place_keeps_it(model, tmp_path, link):
     assert sneaky.read_bytes() == before
 
 
+def test_publish_dry_run_keeps_a_readme_it_did_not_write(model, tmp_path):
+    folder = tmp_path / "ladder"
+    folder.mkdir()
+    shutil.copy(model, folder / "m.gguf")
+    (folder / "README.md").write_text("my own notes")
+    one_line_error(run_cli("publish", folder, "--repo", "me/m", "--dry-run"), "README.md", "not a model card")
+    assert (folder / "README.md").read_text() == "my own notes"
+    (folder / "README.md").unlink()
+    assert run_cli("publish", folder, "--repo", "me/m", "--dry-run").returncode == 0
+    assert run_cli("publish", folder, "--repo", "me/m", "--dry-run").returncode == 0  # its own card: replaced
+
+
 # -- numbers ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args, needle", [
     (["-n", "4294967295"], "--max-tokens"), (["-n", "0"], "--max-tokens"),
@@ -158,9 +170,14 @@ def test_run_refuses_numbers_out_of_range(model, args, needle):
     one_line_error(run_cli("run", model, "-p", "x", *args), needle, "out of range")
 
 
+def test_run_stays_within_the_model_context(model):
+    one_line_error(run_cli("run", model, "-p", "x", "-n", "1000000"), "--max-tokens", "context length 4096")
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--ctx", "0"], "--ctx"), (["--ctx", "-1"], "--ctx"), (["--margin", "-1"], "--margin"),
-    (["--margin", "nan"], "--margin"), (["--margin", "1"], "--margin"), (["--vram-bandwidth", "-5"], "--vram-bandwidth"),
+    (["--margin", "nan"], "--margin"), (["--margin", "1"], "--margin"),
+    (["--vram-bandwidth", "-5"], "--vram-bandwidth"),
     (["--ram-bandwidth", "nan"], "--ram-bandwidth"), (["--vram", "1.2.3GiB"], "--vram"),
     (["--device", "h:1=1GiB@nan"], "--device"), (["--device", "h:1=1GiB@x"], "--device"),
 ])
@@ -170,7 +187,8 @@ def test_plan_refuses_numbers_out_of_range(model, args, needle):
 
 @pytest.mark.parametrize("cmd, args, needle", [
     (cmd, args, args[0]) for cmd in ("imatrix", "eval", "quantize")
-    for args in (["--threads", "100000"], ["--threads", "-1"], ["--chunks", "-1"]) if (cmd, args[0]) != ("quantize", "--chunks")])
+    for args in (["--threads", "100000"], ["--threads", "-1"], ["--chunks", "-1"])
+    if (cmd, args[0]) != ("quantize", "--chunks")])
 def test_threads_and_chunks_are_checked_first(model, tmp_path, cmd, args, needle):
     text = tmp_path / "t.txt"
     text.write_text("text " * 2000)
@@ -302,10 +320,11 @@ def test_index_naming_a_file_outside_the_folder_is_refused(tmp_path):
     folder = tmp_path / "a" / "b"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "../../other/model.safetensors"}}))
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"x": "../../other/model.safetensors"}}))
     with pytest.raises(GgtoolError, match="outside the checkpoint folder"):
         Checkpoint(folder)
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": str(other / "model.safetensors")}}))
+    index.write_text(json.dumps({"weight_map": {"x": str(other / "model.safetensors")}}))
     with pytest.raises(GgtoolError, match="outside the checkpoint folder"):
         Checkpoint(folder)
 
