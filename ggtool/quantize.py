@@ -75,8 +75,9 @@ def parse_tensor_type(spec: str) -> TensorType:
         raise GgtoolError(f"--tensor-type {spec!r}: bad regular expression ({e})") from None
     allowed = [n for n in TENSOR_TYPES if n in gguf.GGMLQuantizationType.__members__]
     if type_name.strip().upper() not in allowed:
-        raise GgtoolError(f"--tensor-type {spec!r}: {type_name!r} is not a tensor type llama.cpp quantizes to",
-                          f"choose from {', '.join(allowed)}")
+        what = "is not a tensor type llama.cpp quantizes to" if type_name.strip().upper() in \
+            gguf.GGMLQuantizationType.__members__ else "is an unknown tensor type"
+        raise GgtoolError(f"--tensor-type {spec!r}: {type_name!r} {what}", f"choose from {', '.join(allowed)}")
     qtype = gguf.GGMLQuantizationType[type_name.strip().upper()]
     return TensorType(pattern, qtype.name, int(qtype))
 
