@@ -3,11 +3,14 @@
 LM Studio lists only files inside `<models root>/<publisher>/<model>/`. Before anything is placed, every file
 is checked for what LM Studio reads from it: a chat template that renders system, user and assistant turns
 (LM Studio renders tokenizer.chat_template itself), general.name, the context length, BOS and EOS. The
-folder is built beside the destination and renamed into place, so LM Studio never sees half of it.
+files are written beside their final names and renamed when complete, so LM Studio never sees half a file; only
+files ggtool placed there before are ever replaced or removed (listed in the folder's .ggtool-export.json).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ import yaml
 
 from .errors import GgtoolError
 from .gguf_in import read_header
+from .outputs import atomic_output, output_folder, refuse_inputs
 from .ollama import read_gguf_chat
 from .template_check import ENGINES, check_template, enforce
 from .templates import render_chat
@@ -126,9 +130,22 @@ def _place(src: Path, dst: Path, link: bool) -> None:
     shutil.copy2(src, dst)
 
 
+OWNED = ".ggtool-export.json"  # the names of the files ggtool placed in a model folder (nothing else is touched)
+
+
+def _owned(folder: Path) -> set[str]:
+    try:
+        data = json.loads((folder / OWNED).read_text(encoding="utf-8"))
+        return {str(n) for n in data.get("files", [])} if isinstance(data, dict) else set()
+    except (OSError, ValueError):
+        return set()
+
+
 def export(models: list[Path], publisher: str, model: str, root: Path | None = None, link: bool = True,
-           force: bool = False) -> ExportResult:
-    """Place `models` (variants of one model) in <root>/<publisher>/<model>/ with a model.yaml, atomically."""
+           force: bool = False, replace: bool = False) -> ExportResult:
+    """Place `models` (variants of one model) in <root>/<publisher>/<model>/ with a model.yaml. Only files ggtool
+    placed there before are replaced or removed; a folder holding anything else is refused unless `replace`
+    (then the variants are added beside those files, replacing same-named ones)."""
     publisher, model = _safe_component(publisher, "publisher"), _safe_component(model, "model")
     if not models:
         raise GgtoolError("no GGUF files given")
@@ -141,23 +158,33 @@ def export(models: list[Path], publisher: str, model: str, root: Path | None = N
     if len(archs) > 1:
         raise GgtoolError(f"the files are not variants of one model (architectures {', '.join(sorted(archs))})")
     root = Path(root or DEFAULT_ROOT).expanduser()
-    parent = root / publisher
-    parent.mkdir(parents=True, exist_ok=True)
-    dest = parent / model
-    tmp = parent / f".{model}.{os.getpid()}.partial"
-    old = parent / f".{model}.{os.getpid()}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
+    dest = root / publisher / model
+    writing = [*names, "model.yaml", OWNED]
+    for name in ("model.yaml", OWNED):  # a variant placed over itself is harmless: it is linked or copied first
+        refuse_inputs(dest / name, [("a file being exported", m) for m in models])
+    owned = _owned(dest) if dest.is_dir() else set()
+    if dest.is_dir():
+        foreign = sorted(p.name for p in dest.iterdir()
+                         if p.name not in owned | {OWNED} and not p.name.endswith(".partial"))
+        if foreign and not replace:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise GgtoolError(f"{dest}: holds files ggtool did not place there ({shown})",
+                              "choose another --model, or pass --replace to add the variants beside them (nothing "
+                              "else is touched; same-named files are replaced)")
+    elif dest.exists():
+        raise GgtoolError(f"{dest}: exists and is not a folder", "choose another --model")
+    with output_folder(dest, parents=True):
         for v in variants:
-            _place(v.path, tmp / v.path.name, link)
-        (tmp / "model.yaml").write_text(model_yaml(publisher, model, variants), encoding="utf-8")
-        if dest.exists():
-            os.replace(dest, old)  # replaced as a whole: the old layout stays intact until the new one is complete
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+            with atomic_output(dest / v.path.name) as tmp:
+                tmp.unlink()
+                _place(v.path, tmp, link)
+        with atomic_output(dest / "model.yaml") as tmp:
+            tmp.write_text(model_yaml(publisher, model, variants), encoding="utf-8")
+        for stale in sorted(owned - set(writing)):  # ggtool's own files of an earlier export, no longer listed
+            with contextlib.suppress(FileNotFoundError):
+                (dest / stale).unlink()
+        with atomic_output(dest / OWNED) as tmp:
+            tmp.write_text(json.dumps({"files": [*names, "model.yaml"]}, indent=1) + "\n", encoding="utf-8")
     from .families import client_note
 
     note = client_note(variants[0].arch, "LM Studio")

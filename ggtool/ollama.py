@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .errors import GgtoolError
 from .gguf_in import read_header, recommended_sampling
+from .limits import check_plan
 from .templates import render_chat
 
 ROLE_LETTERS = {"s": "system", "u": "user", "a": "assistant"}
@@ -463,6 +464,7 @@ def read_plan(path: Path) -> dict:
     """The plan JSON's num_ctx / num_gpu (keys n_ctx, n_gpu_layers)."""
     try:
         plan = json.loads(Path(path).read_text())
+        check_plan(plan, str(path))
         return {"num_ctx": int(plan["n_ctx"]), "num_gpu": int(plan["n_gpu_layers"])}
     except FileNotFoundError:
         raise GgtoolError(f"{path}: no such plan file") from None

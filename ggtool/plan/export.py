@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from pathlib import Path
 
 from ..errors import GgtoolError
+from ..limits import check_plan
+from ..outputs import atomic_output
 from .memory import Placement
 from .search import Candidate, PlanResult, expert_override_patterns
 
@@ -71,6 +72,7 @@ def load_plan(path: Path) -> dict:
     missing = [k for k in PLAN_KEYS if k not in data] if isinstance(data, dict) else list(PLAN_KEYS)
     if missing:
         raise GgtoolError(f"{path}: plan lacks {', '.join(missing)}", "write one with `ggtool plan MODEL --json FILE`")
+    check_plan(data, str(path))
     return data
 
 
@@ -79,9 +81,5 @@ def write_plan(dest: Path, data: dict) -> None:
     dest = Path(dest)
     if not dest.parent.is_dir():
         raise GgtoolError(f"{dest.parent}: no such folder")
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-    try:
+    with atomic_output(dest) as tmp:
         tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
