@@ -356,9 +356,19 @@ def quantize(model: Path = typer.Argument(..., help="GGUF model (F16/BF16/F32)")
              imatrix_file: Path = typer.Option(None, "--imatrix", help="importance matrix (GGUF or legacy .dat)"),
              tensor_types: list[str] = typer.Option([], "--tensor-type", help="REGEX=TYPE override (repeatable)"),
              output: Path = typer.Option(..., "-o", "--output", help="folder for <Basename>-<SizeLabel>-<TYPE>.gguf"),
-             threads: int = typer.Option(0, "--threads", help="CPU threads (0: all)")) -> None:
-    """Quantize with llama.cpp's recipes, calibrated with an importance matrix."""
+             threads: int = typer.Option(0, "--threads", help="CPU threads (0: all)"),
+             target_bpw: float = typer.Option(None, "--target-bpw", help="ggtool's own mix at these bits per "
+                                              "weight instead of --types: a type per tensor group, by measured KL"),
+             target_size: str = typer.Option(None, "--target-size", help="ggtool's own mix at this file size "
+                                             "(bytes, or e.g. 3.7MiB, 4G)"),
+             calibration: list[Path] = typer.Option(None, "--calibration", help="text the mix's sensitivities are "
+                                                    "measured on (default imatrix_data/calibration.txt)")) -> None:
+    """Quantize with llama.cpp's recipes, calibrated with an importance matrix (or with ggtool's own mix)."""
     from .quantize import quantize as run_quantize
+
+    if target_bpw is not None or target_size is not None:
+        _quantize_mix(model, output, imatrix_file, tensor_types, threads, target_bpw, target_size, calibration)
+        return
 
     with Progress(TextColumn("[bold]quantize[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/"
                   "{task.total}"), console=err, transient=True,
@@ -379,6 +389,34 @@ def quantize(model: Path = typer.Argument(..., help="GGUF model (F16/BF16/F32)")
     for v in done:
         table.add_row(v.type, str(v.path), human(v.size_bytes), f"{v.seconds:.1f}")
     out.print(table)
+
+
+def _quantize_mix(model: Path, output: Path, imatrix_file: Path | None, tensor_types: list[str], threads: int,
+                  target_bpw: float | None, target_size: str | None, calibration: list[Path] | None) -> None:
+    from .quantize import quantize_to_size
+
+    if target_bpw is not None and target_size is not None:
+        raise typer.BadParameter("give --target-bpw or --target-size, not both")
+    if target_bpw is not None and not 1.0 <= target_bpw <= 16.0:
+        raise typer.BadParameter(f"--target-bpw {target_bpw}: choose between 1 and 16")
+    size = _parse_size(target_size) if target_size is not None else None
+    with Progress(TextColumn("[bold]mix[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                  "{task.total}"), console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("", total=None)
+        r = quantize_to_size(model, output, target_bytes=size, target_bpw=target_bpw, imatrix=imatrix_file,
+                             tensor_types=tensor_types, calibration=calibration or None, nthread=threads,
+                             progress=lambda what, d, n: bar.update(task, completed=d, total=n, description=what))
+    table = Table(title=f"{r.label}: a type per tensor group, chosen by KL on {r.sensitivities.n_tokens} "
+                        "calibration tokens")
+    for col, just in (("group", "left"), ("params", "right"), ("type", "left"), ("KL alone", "right")):
+        table.add_column(col, justify=just)
+    for g, n, t, kl in r.rows:
+        table.add_row(g, f"{n:,}", t, f"{kl:.5f}")
+    out.print(table)
+    target = f"target {human(r.target_bytes)}" if size is not None else f"target {target_bpw:.2f} bpw"
+    out.print(f"[green]wrote[/] {r.path}  ({human(r.size_bytes)}, {r.bpw:.2f} bpw, {target}; calibration KL "
+              f"{r.confirmed_kl:.5f} measured, {r.predicted_kl:.5f} predicted; {r.sensitivities.passes} sensitivity "
+              f"passes, {r.seconds_total:.1f} s)", soft_wrap=True)
 
 
 def _quality_table(r, ctx: int) -> Table:
@@ -431,7 +469,9 @@ def ladder(src: Path = typer.Argument(None, help="checkpoint folder or base GGUF
                                                   help="calibration text (default imatrix_data/calibration.txt)"),
            heldout: Path = typer.Option(None, "--heldout", help="held-out text (default imatrix_data/heldout.txt)"),
            outtype: str = typer.Option("f16", "--outtype", help="base GGUF type: f16 | bf16 | f32"),
-           ctx: int = typer.Option(512, "--ctx", help="tokens per chunk for calibration and evaluation")) -> None:
+           ctx: int = typer.Option(512, "--ctx", help="tokens per chunk for calibration and evaluation"),
+           mix: bool = typer.Option(False, "--mix", help="beside each type, ggtool's own mix at that file's size "
+                                    "(<...>-<TYPE>-MIX.gguf)")) -> None:
     """Convert → importance matrix → the quantization ladder → quality table; finished steps are skipped."""
     from . import DEFAULT_MODEL
     from .ladder import ladder as run_ladder
@@ -449,7 +489,7 @@ def ladder(src: Path = typer.Argument(None, help="checkpoint folder or base GGUF
 
         r = run_ladder(src or DEFAULT_MODEL, output, [t for t in types.split(",") if t.strip()],
                        calibration=calibration or None, heldout=heldout, outtype=outtype, chunk_size=ctx,
-                       eval_ctx=ctx, progress=progress, on_step=on_step)
+                       eval_ctx=ctx, mix=mix, progress=progress, on_step=on_step)
     out.print(_quality_table(r.report, ctx))
     out.print(f"[green]ladder in[/] {r.out_dir}  (importance matrix {r.imatrix.name}, quality.json)")
 

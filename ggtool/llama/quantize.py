@@ -7,6 +7,7 @@ object and numpy buffer is kept in `keep` until the call returns.
 from __future__ import annotations
 
 import ctypes
+import re
 from pathlib import Path
 
 import llama_cpp.llama_cpp as L
@@ -54,11 +55,13 @@ def _kv_array(kvs: list[tuple[str, str | int]]) -> ctypes.Array:
 
 def quantize_file(src: Path, dest: Path, ftype: int, imatrix: dict[str, np.ndarray] | None = None,
                   tensor_types: list[tuple[str, int]] = (), kv_overrides: list[tuple[str, str | int]] = (),
-                  nthread: int = 0) -> None:
-    """llama_model_quantize(src → dest) as llama-quantize calls it; raises with llama.cpp's reason on failure."""
+                  nthread: int = 0, dry_run: bool = False) -> None:
+    """llama_model_quantize(src → dest) as llama-quantize calls it; raises with llama.cpp's reason on failure.
+    `dry_run`: nothing is written, llama.cpp logs each tensor's type and size (see planned_types)."""
     params = L.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = nthread
+    params.dry_run = dry_run
     keep: list = []
     if imatrix:
         arr = _imatrix_array(imatrix, keep)
@@ -76,3 +79,16 @@ def quantize_file(src: Path, dest: Path, ftype: int, imatrix: dict[str, np.ndarr
     rc = L.llama_model_quantize(str(src).encode(), str(dest).encode(), ctypes.byref(params))
     if rc != 0:
         raise GgtoolError(f"{src}: llama.cpp could not quantize it: {_model._last_error()}")
+
+
+def planned_types(src: Path, ftype: int, tensor_types: list[tuple[str, int]] = (),
+                  imatrix: dict[str, np.ndarray] | None = None) -> dict[str, str]:
+    """The type llama.cpp would give each tensor of `src` (llama-quantize --dry-run), by tensor name; tensors it
+    leaves as they are (norms, the router, ...) are not listed."""
+    quantize_file(src, src, ftype, imatrix, tensor_types, dry_run=True)
+    out = {}
+    for line in _model.log_lines():
+        m = re.match(r"\[\s*\d+/\s*\d+\]\s+(\S+)\s+-.*->.*\((\w+)\)\s*$", line)
+        if m:
+            out[m.group(1)] = m.group(2).upper()
+    return out
