@@ -362,12 +362,16 @@ def quantize(model: Path = typer.Argument(..., help="GGUF model (F16/BF16/F32)")
              target_size: str = typer.Option(None, "--target-size", help="ggtool's own mix at this file size "
                                              "(bytes, or e.g. 3.7MiB, 4G)"),
              calibration: list[Path] = typer.Option(None, "--calibration", help="text the mix's sensitivities are "
-                                                    "measured on (default imatrix_data/calibration.txt)")) -> None:
+                                                    "measured on (default imatrix_data/calibration.txt)"),
+             candidates: str = typer.Option(None, "--mix-types", help="the tensor types a mix may use, comma-"
+                                            "separated (default IQ2_XXS,IQ2_XS,IQ2_S,IQ3_XXS,IQ3_S,IQ4_XS,Q4_K,Q5_K,"
+                                            "Q6_K,Q8_0)")) -> None:
     """Quantize with llama.cpp's recipes, calibrated with an importance matrix (or with ggtool's own mix)."""
     from .quantize import quantize as run_quantize
 
     if target_bpw is not None or target_size is not None:
-        _quantize_mix(model, output, imatrix_file, tensor_types, threads, target_bpw, target_size, calibration)
+        _quantize_mix(model, output, imatrix_file, tensor_types, threads, target_bpw, target_size, calibration,
+                      [c for c in (candidates or "").split(",") if c.strip()])
         return
 
     with Progress(TextColumn("[bold]quantize[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/"
@@ -392,7 +396,8 @@ def quantize(model: Path = typer.Argument(..., help="GGUF model (F16/BF16/F32)")
 
 
 def _quantize_mix(model: Path, output: Path, imatrix_file: Path | None, tensor_types: list[str], threads: int,
-                  target_bpw: float | None, target_size: str | None, calibration: list[Path] | None) -> None:
+                  target_bpw: float | None, target_size: str | None, calibration: list[Path] | None,
+                  candidates: list[str]) -> None:
     from .quantize import quantize_to_size
 
     if target_bpw is not None and target_size is not None:
@@ -405,6 +410,7 @@ def _quantize_mix(model: Path, output: Path, imatrix_file: Path | None, tensor_t
         task = bar.add_task("", total=None)
         r = quantize_to_size(model, output, target_bytes=size, target_bpw=target_bpw, imatrix=imatrix_file,
                              tensor_types=tensor_types, calibration=calibration or None, nthread=threads,
+                             candidates=candidates or None,
                              progress=lambda what, d, n: bar.update(task, completed=d, total=n, description=what))
     table = Table(title=f"{r.label}: a type per tensor group, chosen by KL on {r.sensitivities.n_tokens} "
                         "calibration tokens")

@@ -80,6 +80,9 @@ def check_variant(path: Path, force: bool = False, warnings: list[str] | None = 
     arch = r.get_field("general.architecture").contents()
     ft = r.get_field("general.file_type")
     file_type = gguf.LlamaFileType(int(ft.contents())).name.removeprefix("MOSTLY_") if ft is not None else "unknown"
+    mix = r.get_field("ggtool.mix.label")  # ggtool's own mix: named apart from the stock file of that type
+    if mix is not None:
+        file_type = f"{mix.contents()} (ggtool mix)"
     size = r.get_field("general.size_label")
     return Variant(path, chat.name, arch, file_type, size.contents() if size is not None else None,
                    chat.context_length, chat.sampling)

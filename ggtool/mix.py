@@ -244,12 +244,13 @@ def candidates_for(g: Group, means: dict[str, np.ndarray] | None, candidates: tu
 
 def measure(base: Path, gs: list[Group], means: dict[str, np.ndarray] | None, text_files: list[Path],
             n_ctx: int = 256, n_chunks: int = 8, candidates: tuple[str, ...] = CANDIDATES, n_threads: int = 0,
-            progress: Progress | None = None) -> Sensitivities:
-    """KL on the calibration slice for every (group, candidate type), one group quantized at a time."""
+            progress: Progress | None = None, keep: list[Group] | None = None) -> Sensitivities:
+    """KL on the calibration slice for every (group, candidate type), one group quantized at a time; the other
+    groups (and the tensors of `keep`) stay as they are in the base."""
     from .llama.quantize import quantize_file
 
     t0 = time.perf_counter()
-    background = _background(gs)
+    background = _background(keep or gs)
     kl: dict[str, dict[str, float]] = {}
     todo = [(g, t) for g in gs for t in candidates_for(g, means, candidates)]
     with tempfile.TemporaryDirectory(prefix="ggtool-mix-", dir=None) as tmp:
@@ -361,52 +362,68 @@ def choose_and_write(base: Path | str, dest: Path | str | Callable[[float], Path
     for p in calibration:
         if not p.is_file():
             raise GgtoolError(f"{p}: no such file", "pass calibration text with --calibration")
-    gs = groups(base, quantizable_tensors(base))
-    fixed_bytes, n_params = size_model(base, gs)
+    all_groups = groups(base, quantizable_tensors(base))
+    fixed_bytes, n_params = size_model(base, all_groups)
+    header = read_header(base)
     means = imatrix.means() if imatrix is not None else None
-    # user overrides: groups all of whose tensors a --tensor-type names keep that type
-    fixed_types: dict[str, str] = {}
-    for g in gs:
-        for tt in tensor_types:
-            hits = [n for n in g.tensors if re.search(tt.pattern, n)]
-            if hits and len(hits) == len(g.tensors):
-                fixed_types[g.name] = tt.type_name
-                break
-    kvs_probe = mix_kvs(label or "mix 0.00 bpw", {g.name: "IQ2_XXS" for g in gs}, 0)
+    # tensors a --tensor-type names keep that type (llama.cpp applies the first matching pattern, and the user's
+    # come first); the mix is chosen for the rest of each group
+    user: dict[str, str] = {}
+    for g in all_groups:
+        for n in g.tensors:
+            tt = next((tt for tt in tensor_types if re.search(tt.pattern, n)), None)
+            if tt is not None:
+                user[n] = tt.type_name
+    gs = [Group(g.name, {n: s for n, s in g.tensors.items() if n not in user},
+                {n: ty for n, ty in g.base_types.items() if n not in user}) for g in all_groups]
+    gs = [g for g in gs if g.tensors]
+    shapes = {n: s for g in all_groups for n, s in g.tensors.items()}
+    user_bytes = sum(_pad(tensor_bytes(shapes[n], ty)) for n, ty in user.items())
+    kvs_probe = mix_kvs(label or "mix 0.00 bpw", {g.name: "IQ2_XXS" for g in all_groups}, 0)
     extra_kv = _kv_bytes(kvs_probe) + _kv_bytes(list(kv_overrides))
     if target_bpw is not None:  # tensor bytes as `eval` counts them (the groups' padding counted too: a bound)
-        in_groups = {n for g in gs for n in g.tensors}
-        budget = int(target_bpw * n_params / 8) - sum(t.n_bytes for t in read_header(base).tensors
-                                                      if t.name not in in_groups)
+        budget = int(target_bpw * n_params / 8) - user_bytes - sum(t.n_bytes for t in header.tensors
+                                                                   if t.name not in shapes)
         target_bytes_file = None
     else:
-        budget = int(target_bytes) - fixed_bytes - extra_kv
+        budget = int(target_bytes) - fixed_bytes - extra_kv - user_bytes
         target_bytes_file = int(target_bytes)
     if budget <= 0:
-        raise GgtoolError(f"target {target_bytes or target_bpw} leaves no room for the weights",
+        what = f"--target-size {target_bytes:,} bytes" if target_bpw is None else f"--target-bpw {target_bpw}"
+        raise GgtoolError(f"{what} leaves no room for the weights of {base.name}",
                           "choose a larger --target-size / --target-bpw")
-    sens = sensitivities or measure(base, gs, means, calibration, n_ctx, n_chunks, candidates, n_threads, progress)
-    missing = [g.name for g in gs if g.name not in sens.kl and g.name not in fixed_types]
+    smallest = sum(min((g.bytes_at(t) for t in candidates_for(g, means, candidates)), default=g.base_bytes())
+                   for g in gs)
+    if smallest > budget:  # before any measuring
+        raise GgtoolError(f"{base.name}: no mix fits in {budget:,} bytes of weights: the smallest candidate types "
+                          f"need {smallest:,}", "choose a larger --target-size / --target-bpw")
+    sens = sensitivities or measure(base, gs, means, calibration, n_ctx, n_chunks, candidates, n_threads, progress,
+                                    keep=all_groups)
+    missing = [g.name for g in gs if g.name not in sens.kl]
     if missing:
         raise GgtoolError(f"sensitivities have no entry for {missing[0]}", "measure them on this model")
-    types = allocate(gs, sens, budget, fixed_types)
+    try:
+        types = allocate(gs, sens, budget)
+    except GgtoolError as e:
+        raise GgtoolError(f"{base.name}: {e.message}", "choose a larger --target-size / --target-bpw") from None
     t_choose = time.perf_counter() - t0
-    predicted = fixed_bytes + extra_kv + sum(g.bytes_at(types[g.name]) for g in gs)
+    predicted = fixed_bytes + extra_kv + user_bytes + sum(g.bytes_at(types[g.name]) for g in gs)
     by_type: dict[str, int] = {}
     for g in gs:
         by_type[types[g.name]] = by_type.get(types[g.name], 0) + g.bytes_at(types[g.name])
-    nominal = nominal or FTYPE_OF.get(max(by_type, key=by_type.get), "Q8_0")
-    header = read_header(base)
-    in_groups = {n for g in gs for n in g.tensors}
-    bpw = 8 * (sum(t.n_bytes for t in header.tensors if t.name not in in_groups) + sum(
-        tensor_bytes(s, types[g.name]) for g in gs for s in g.tensors.values())) / n_params
+    nominal = nominal or FTYPE_OF.get(max(by_type, key=by_type.get) if by_type else "Q8_0", "Q8_0")
+    chosen = {**{n: ty for n, ty in user.items()}, **{n: types[g.name] for g in gs for n in g.tensors}}
+    bpw = 8 * (sum(t.n_bytes for t in header.tensors if t.name not in shapes) + sum(
+        tensor_bytes(shapes[n], ty) for n, ty in chosen.items())) / n_params
+    # what each group holds (a group partly or wholly named by --tensor-type: its types joined)
+    recorded = {g.name: "+".join(sorted({chosen[n] for n in g.tensors})) for g in all_groups}
     dest = Path(dest(bpw) if callable(dest) else dest)
     label = label or f"mix {bpw:.2f} bpw"
     if dest.exists() and dest.resolve() == base.resolve():
         raise GgtoolError(f"{dest}: is the input model", "choose another output folder")
     overrides = [(tt.pattern, tt.ggml_type) for tt in tensor_types]
     overrides += [(g.pattern, int(ggml_type(types[g.name]))) for g in gs]
-    kvs = list(kv_overrides) + mix_kvs(label, types, target_bytes_file if target_bytes_file is not None else predicted)
+    kvs = list(kv_overrides) + mix_kvs(label, recorded, target_bytes_file if target_bytes_file is not None else predicted)
     if progress:
         progress("write", 0, 1)
     with atomic_output(dest) as tmp:
@@ -415,10 +432,10 @@ def choose_and_write(base: Path | str, dest: Path | str | Callable[[float], Path
     if confirm:
         with tempfile.TemporaryDirectory(prefix="ggtool-mix-") as tmp:
             confirmed = _Scorer(base, calibration, n_ctx, n_chunks, n_threads, Path(tmp)).kl(dest)
-    rows = [(g.name, g.n_params, types[g.name], sens.kl.get(g.name, {}).get(types[g.name], float("nan")))
-            for g in gs]
+    rows = [(g.name, g.n_params, recorded[g.name], sens.kl.get(g.name, {}).get(types.get(g.name, ""), float("nan")))
+            for g in all_groups]
     predicted_kl = sum(r[3] for r in rows if np.isfinite(r[3]))
-    return MixResult(dest, label, types, bpw, predicted, target_bytes_file or predicted, dest.stat().st_size,
+    return MixResult(dest, label, recorded, bpw, predicted, target_bytes_file or predicted, dest.stat().st_size,
                      predicted_kl, confirmed, sens, t_choose, time.perf_counter() - t0, rows)
 
 

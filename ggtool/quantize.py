@@ -203,13 +203,20 @@ def quantize(model: Path | str, out_dir: Path | str, types: list[str] = DEFAULT_
 def quantize_to_size(model: Path | str, out_dir: Path | str, *, target_bytes: int | None = None,
                      target_bpw: float | None = None, imatrix: Path | str | Imatrix | None = None,
                      tensor_types: list[str] = (), calibration: list[Path] | None = None, nthread: int = 0,
-                     progress: Callable[[str, int, int], None] | None = None):  # noqa: ANN201 (mix.MixResult)
+                     candidates: list[str] | None = None, progress: Callable[[str, int, int], None] | None = None):  # noqa: ANN201 (mix.MixResult)
     """ggtool's own mix at a file size or bits per weight (see mix.py), into `out_dir` as
     <Basename>-<SizeLabel>-MIX-<bpw>BPW.gguf; `tensor_types` still win over the mix."""
-    from .mix import choose_and_write
+    from .mix import CANDIDATES, choose_and_write
 
     model, out_dir = Path(model), Path(out_dir)
     tts = [parse_tensor_type(t) for t in tensor_types]
+    cands = CANDIDATES
+    if candidates:
+        names = [c.strip().upper() for c in candidates]
+        bad = [c for c in names if c not in gguf.GGMLQuantizationType.__members__]
+        if bad:
+            raise GgtoolError(f"--mix-types: unknown tensor type {bad[0]!r}", f"e.g. --mix-types {','.join(CANDIDATES)}")
+        cands = tuple(names)
     shapes = _check_model(model)
     im, label = _load_imatrix(imatrix, shapes, model)
     if im is None:
@@ -220,4 +227,5 @@ def quantize_to_size(model: Path | str, out_dir: Path | str, *, target_bytes: in
     kvs = imatrix_kv_overrides(im, label, len(im.means())) if im is not None else []
     return choose_and_write(model, lambda bpw: out_dir / output_name(model, f"MIX-{bpw:.2f}BPW"),
                             target_bytes=target_bytes, target_bpw=target_bpw, imatrix=im, tensor_types=tts,
-                            kv_overrides=kvs, calibration=calibration, n_threads=nthread, progress=progress)
+                            kv_overrides=kvs, calibration=calibration, candidates=cands, n_threads=nthread,
+                            progress=progress)
