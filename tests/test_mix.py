@@ -72,6 +72,19 @@ def test_quantize_target_bpw_from_the_command_line(tmp_path: Path, olmoe_gguf: P
     with LlamaModel(path) as m:
         assert len(m.generate(m.tokenize("def main():"), 4)) > 0
 
+    # the planner's predicted buffers for a mixed file: within 5% of what llama.cpp allocates
+    from ggtool.plan.memory import Placement
+
+    from .test_plan import check_predictions, start_rpc_server
+
+    proc, endpoint = start_rpc_server()
+    try:
+        for p in (Placement(99, 512, "f16", "f16", False, ()), Placement(2, 1024, "q8_0", "f16", False, (0, 1))):
+            check_predictions(path, p, endpoint)
+    finally:
+        proc.kill()
+        proc.wait()
+
     both = run_cli("quantize", olmoe_gguf, "--target-bpw", "4", "--target-size", "3MiB", "-o", tmp_path / "x")
     assert both.returncode == 2 and "Traceback" not in both.stderr
     for size in ("100KiB", "1MiB"):  # no room at all / less than the smallest types need: refused before measuring
