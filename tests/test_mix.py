@@ -1,4 +1,4 @@
-"""ggtool's own per-tensor mixes (issue 16): allocation, the command line, and a second, differently shaped model."""
+"""ggtool's own per-tensor mixes (issue 16): grouping, allocation, the command line on the OLMoE fixture."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from ggtool import fixtures
 from ggtool.errors import GgtoolError
 from ggtool.mix import Group, Sensitivities, allocate, group_of
 
@@ -91,31 +90,3 @@ def test_quantize_target_bpw_from_the_command_line(tmp_path: Path, olmoe_gguf: P
         small = run_cli("quantize", olmoe_gguf, "--target-size", size, "--imatrix", olmoe_imatrix, "-o",
                         tmp_path / "y")
         assert small.returncode == 1 and "--target-size" in small.stderr and "Traceback" not in small.stderr
-
-
-@pytest.fixture(scope="module")
-def spm_tokenizer(tmp_path_factory) -> Path:
-    return fixtures.train_spm_tokenizer(tmp_path_factory.mktemp("spm"), vocab_size=4096)
-
-
-@pytest.fixture(scope="module")
-def second_ladder(tmp_path_factory, spm_tokenizer):
-    """A neo-3 (Mixtral) built at test time, shaped unlike the default model: GQA, 4 experts top-1, expert
-    width 512, 3 layers; its ladder with ggtool's mix beside each rung, on a slice of the calibration text."""
-    from ggtool.ladder import ladder
-
-    folder = tmp_path_factory.mktemp("mix-neo3")
-    src = fixtures.make_mixtral(folder / "neo3-mix", spm_tokenizer, seed=3, hidden_size=256, intermediate_size=512,
-                                layers=3, experts=4, top_k=1, heads=8, kv_heads=2, init_std=0.05)
-    calibration = folder / "calibration.txt"
-    calibration.write_text(CALIBRATION.read_text()[:60_000])
-    return ladder(src, folder / "ladder", calibration=[calibration], conversations=None, chunk_size=256,
-                  eval_ctx=256, mix=True)
-
-
-def test_ggtool_mix_beats_the_stock_recipe_on_a_second_model(second_ladder):
-    rows = {v.type: v for v in second_ladder.report.variants}
-    for t, gain in (("IQ2_M", 0.10), ("Q3_K_M", 0.10), ("IQ3_M", 0.0), ("Q4_K_M", 0.0)):
-        stock, mix = rows[t], rows[f"{t}-mix"]
-        assert abs(mix.size_bytes / stock.size_bytes - 1) <= 0.01, (t, mix.size_bytes, stock.size_bytes)
-        assert mix.kl_mean <= (1 - gain) * stock.kl_mean, f"{t}: mix KL {mix.kl_mean:.5f}, stock {stock.kl_mean:.5f}"
