@@ -7,7 +7,12 @@ export CMAKE_ARGS ?= -DGGML_RPC=on
 
 .PHONY: install test demo bench clean llama-src template-engines
 
-install: $(VENV)/.installed llama-src template-engines
+# test harnesses: llama.cpp's own argument parser (the Ollama server environment test) and LM Studio's
+# model.yaml schema (npm @lmstudio/lms-shared-types, pinned by its package-lock.json)
+LLAMA_ARGS := build/llama_args/llama-args
+LMSTUDIO_NODE := tests/node/lmstudio/node_modules/.package-lock.json
+
+install: $(VENV)/.installed llama-src template-engines $(LLAMA_ARGS) $(LMSTUDIO_NODE)
 
 # the llama.cpp source the pinned llama-cpp-python vendors (tokenizer test vectors, templates, common/jinja):
 # fetched once with pip into ~/.cache/ggtool (or $$GGTOOL_LLAMA_SRC)
@@ -27,6 +32,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -c "import llama_cpp.llama_cpp as L, sys; sys.exit(0 if L.llama_supports_rpc() else 1)" || \
 	  $(PY) -m pip install -q --no-cache-dir --force-reinstall --no-deps '$(LLAMA_CPP_PYTHON)'
 	touch $@
+
+$(LLAMA_ARGS): tests/llama_args/main.cpp tests/llama_args/stubs.cpp tests/llama_args/build.sh $(VENV)/.installed
+	@python3 ggtool/llama/source.py >/dev/null
+	nice tests/llama_args/build.sh $(PY) $@
+
+$(LMSTUDIO_NODE): tests/node/lmstudio/package.json tests/node/lmstudio/package-lock.json
+	cd tests/node/lmstudio && npm ci --no-audit --no-fund --loglevel=error
 
 test: install
 	$(VENV)/bin/pytest -q

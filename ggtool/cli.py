@@ -196,7 +196,7 @@ def plan_cmd(model: Path = typer.Argument(..., help="GGUF file, or a checkpoint 
              margin: float = typer.Option(0.10, "--margin", help="fraction of each device kept free"),
              json_out: Path = typer.Option(None, "--json", "-o", help="write the plan JSON here")) -> None:
     """Fastest placement of a model on a machine's VRAM + RAM (+ RPC hosts), checked against llama.cpp's rules."""
-    from .plan.export import llama_cpp_flags, llama_cpp_python_kwargs, ollama_parameters, plan_json, write_plan
+    from .plan.export import llama_cpp_flags, llama_cpp_python_kwargs, ollama_setup, plan_json, write_plan
     from .plan.memory import Device, from_config, read_gguf
     from .plan.search import Budget, plan as run_plan
 
@@ -253,10 +253,26 @@ def plan_cmd(model: Path = typer.Argument(..., help="GGUF file, or a checkpoint 
         out.print(f"[yellow]given up:[/] {g}")
     out.print(f"[bold]llama.cpp:[/] {llama_cpp_flags(p, rpc)}", soft_wrap=True, highlight=False)
     out.print(f"[bold]llama-cpp-python:[/] {llama_cpp_python_kwargs(p)}", soft_wrap=True, highlight=False)
-    out.print(f"[bold]Ollama Modelfile:[/] {ollama_parameters(p).replace(chr(10), '; ')}", highlight=False)
+    data = plan_json(r, str(model), rpc)
+    _print_ollama(ollama_setup(data))
     if json_out is not None:
-        write_plan(json_out, plan_json(r, str(model), rpc))
+        write_plan(json_out, data)
         out.print(f"[green]wrote[/] {json_out}")
+
+
+def _print_ollama(setup) -> None:  # noqa: ANN001
+    from .plan.export import OLLAMA_TARGET
+
+    params = "; ".join(f"PARAMETER {k} {v}" for k, v in setup.parameters.items())
+    out.print(f"[bold]Ollama Modelfile ({OLLAMA_TARGET}):[/] {params}", highlight=False, soft_wrap=True)
+    env = " ".join(f"{k}='{v}'" for k, v in setup.env.items())
+    out.print(f"[bold]Ollama server environment (server-wide, `ggtool modelfile --plan` writes ollama.env):[/] {env}",
+              highlight=False, soft_wrap=True)
+    if setup.layers_only:
+        lo = setup.layers_only
+        out.print(f"[bold]Ollama without server environment:[/] whole layers only, PARAMETER num_gpu {lo['num_gpu']} "
+                  f"≈{lo['tokens_per_s']:.1f} tokens/s (vs ≈{setup.tokens_per_s:.1f} with the plan)", highlight=False,
+                  soft_wrap=True)
 
 
 @app.command("rpc-server")
@@ -457,17 +473,27 @@ def ladder(src: Path = typer.Argument(None, help="checkpoint folder or base GGUF
 @app.command()
 def modelfile(model: Path = typer.Argument(..., help="GGUF file"),
               output: Path = typer.Option(..., "-o", "--output", help="Modelfile to write"),
-              plan: Path = typer.Option(None, "--plan", help="plan JSON from `ggtool plan` (num_ctx, num_gpu)"),
+              plan: Path = typer.Option(None, "--plan", help="plan JSON from `ggtool plan` (also writes ollama.env: "
+                                        "the server environment that realises it)"),
               strict: bool = typer.Option(False, "--strict", help="also refuse templates that trim message content"),
               force: bool = typer.Option(False, "--force", help="write it even if llama.cpp's template engine "
-                                         "renders the template unlike jinja2")
+                                         "renders the template unlike jinja2"),
+              template: str = typer.Option("auto", "--template", help="auto | go | jinja: a Go TEMPLATE, or none "
+                                           "(Ollama >= 0.30 renders the GGUF's Jinja); auto: jinja when the chat "
+                                           "template has tools or thinking")
               ) -> None:
-    """Write an Ollama Modelfile whose TEMPLATE reproduces the GGUF's chat template exactly."""
+    """Write an Ollama Modelfile (for Ollama >= 0.30) whose TEMPLATE reproduces the GGUF's chat template exactly."""
     from .ollama import write_modelfile
 
-    r = write_modelfile(model, output, plan, strict, force)
+    r = write_modelfile(model, output, plan, strict, force, template)
     for note in r.notes:
         err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    if r.template is not None:
+        out.print(f"template: {r.template.describe()}", highlight=False, soft_wrap=True)
+    if r.env_path is not None:
+        out.print(f"[bold]server environment (server-wide: every model `ollama serve` loads)[/] {r.env_path}:",
+                  highlight=False)
+        out.print(r.env_text, end="", markup=False, highlight=False, soft_wrap=True)
     out.print(f"[green]wrote[/] {r.dest}  (ollama create NAME -f {r.dest})")
 
 

@@ -70,7 +70,9 @@ def test_go_template_renders_the_jinja_prompt(go_render, name):
     assert [U1] in cases and [U1, A1, U2, A2, U3] in cases
     # through the Modelfile as Ollama's parser reads it; a default system message travels as SYSTEM, which
     # Ollama inserts as a first system message: the harness does the same
-    parts = modelfile_parts(modelfile_text(template, bos=bos, eos=eos, add_bos=add_bos, from_path="./m.gguf"))
+    # --template go: the derivation is checked for every template, also those `auto` defers to the GGUF's Jinja
+    parts = modelfile_parts(modelfile_text(template, bos=bos, eos=eos, add_bos=add_bos, from_path="./m.gguf",
+                                           template_mode="go"))
     assert parts["template"] == fmt.go_template()
     assert (parts["system"] or None) == (fmt.default_system or None)
     outs = render_go(go_render, parts["template"], cases, system=parts["system"] or "")
@@ -118,7 +120,8 @@ def ollama_parser_keeps(value: str) -> str:
 def modelfile_parts(text: str) -> dict:
     """FROM, TEMPLATE, SYSTEM and PARAMETERs of a Modelfile as ggtool writes it, as Ollama's parser reads them."""
     text = ollama_parser_keeps(text)
-    template = re.search(r'^TEMPLATE """(.*?)"""$', text, re.S | re.M).group(1)
+    template = re.search(r'^TEMPLATE """(.*?)"""$', text, re.S | re.M)
+    template = template.group(1) if template else None
     system = re.search(r'^SYSTEM """(.*?)"""$', text, re.S | re.M)
     params: dict[str, list[str]] = {}
     for key, value in re.findall(r"^PARAMETER (\S+) (.*)$", text, re.M):
@@ -142,7 +145,7 @@ def test_non_printable_characters_survive_the_modelfile(go_render):
 def test_modelfile_text_has_system_default_stops_and_parameters(go_render):
     template, bos, eos, add_bos, _ = PUBLIC["qwen2.5-default-system"]
     text = modelfile_text(template, bos=bos, eos=eos, add_bos=add_bos, from_path="./qwen.gguf",
-                          parameters={"temperature": 0.7, "top_k": 20, "num_ctx": 4096})
+                          parameters={"temperature": 0.7, "top_k": 20, "num_ctx": 4096}, template_mode="go")
     parts = modelfile_parts(text)
     assert parts["from"] == "./qwen.gguf"
     assert parts["system"] == "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
