@@ -218,3 +218,49 @@ def test_checked_in_modelfiles_are_current(go_render):
         for msgs, out in zip([[U1], [S, U1, A1, U2]], outs):
             want = render_chat(template, msgs, bos_token=bos, eos_token=eos)
             assert effective_prompt(out, bos, add_bos) == effective_prompt(want, bos, add_bos), name
+
+
+# a ChatML template with reasoning: Ollama >= 0.30 sees "thinking" (<think> and </think> in the text)
+CHATML_THINK = ("{% for message in messages %}{% set content = message['content'] %}{% if message['role'] == "
+                "'assistant' and '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}"
+                "{{'<|im_start|>' + message['role'] + '\n' + content + '<|im_end|>\n'}}{% endfor %}"
+                "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n<think>\n' }}{% endif %}")
+
+
+def test_templates_with_tools_or_thinking_defer_to_the_gguf_jinja():
+    """Ollama >= 0.30 prefers the GGUF's Jinja over a Go TEMPLATE that lacks its tools/thinking: such templates get
+    no TEMPLATE (said in the Modelfile, with the reason); every other template gets the Go TEMPLATE, which then has
+    every capability Ollama reads from the Jinja, so Ollama uses it."""
+    from ggtool.ollama import DEFERRED_NOTE, ollama_jinja_capabilities
+
+    cases = {**SEEDS, **PUBLIC, "chatml-think": (CHATML_THINK, "", "<|im_end|>", False, False)}
+    deferred = {}
+    for name, (template, bos, eos, add_bos, _) in cases.items():
+        text = modelfile_text(template, bos=bos, eos=eos, add_bos=add_bos, from_path="./m.gguf")
+        parts = modelfile_parts(text)
+        caps = ollama_jinja_capabilities(template)
+        if caps:
+            assert parts["template"] is None and DEFERRED_NOTE in text, name
+            deferred[name] = re.search(r"^# no TEMPLATE: .*$", text, re.M).group(0)
+        else:
+            assert parts["template"] and "# template: Go TEMPLATE" in text, name
+            assert ".Tools" not in parts["template"] and ".Thinking" not in parts["template"]
+    assert sorted(deferred) == ["chatml-think", "qwen2.5-default-system"]
+    assert "has tools" in deferred["qwen2.5-default-system"] and "has thinking" in deferred["chatml-think"]
+    # the end-of-turn stops stay, and --template go still writes the Go TEMPLATE
+    qwen = PUBLIC["qwen2.5-default-system"]
+    text = modelfile_text(qwen[0], bos=qwen[1], eos=qwen[2], add_bos=qwen[3], from_path="./m.gguf")
+    assert modelfile_parts(text)["params"]["stop"] == ['"<|im_end|>"', '"<|im_start|>user"']
+    text = modelfile_text(qwen[0], bos=qwen[1], eos=qwen[2], add_bos=qwen[3], from_path="./m.gguf", template_mode="go")
+    assert modelfile_parts(text)["template"] and "OLLAMA_GO_TEMPLATE=1" in text
+
+
+def test_modelfile_command_prints_the_template_choice(tiny_gguf, tmp_path):
+    r = run_cli("modelfile", tiny_gguf, "-o", tmp_path / "Modelfile")
+    assert r.returncode == 0, r.stderr
+    assert "template: Go TEMPLATE" in r.stdout
+    r = run_cli("modelfile", tiny_gguf, "-o", tmp_path / "Modelfile", "--template", "jinja")
+    assert r.returncode == 0 and "template: no TEMPLATE" in r.stdout
+    assert modelfile_parts((tmp_path / "Modelfile").read_text())["template"] is None
+    r = run_cli("modelfile", tiny_gguf, "-o", tmp_path / "Modelfile", "--template", "bogus")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
