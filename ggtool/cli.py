@@ -508,17 +508,23 @@ def export_lmstudio(models: list[Path] = typer.Argument(..., help="GGUF files (v
                     root: Path = typer.Option(None, "--root", help="models folder (default ~/.lmstudio/models)"),
                     link: bool = typer.Option(True, "--link/--copy", help="hard-link the files (else copy them)"),
                     force: bool = typer.Option(False, "--force", help="export even if @huggingface/jinja or "
-                                               "llama.cpp renders the chat template unlike jinja2")
+                                               "llama.cpp renders the chat template unlike jinja2"),
+                    hub_repo: str = typer.Option(None, "--hub-repo", help="org/name the files are published in "
+                                                 "(`ggtool publish`): also write a model.yaml pointing at it")
                     ) -> None:
-    """Place GGUF variants where LM Studio finds them (<root>/PUBLISHER/MODEL/) with a model.yaml."""
+    """Place GGUF variants where LM Studio finds them (<root>/PUBLISHER/MODEL/); model.yaml only for a Hub repo."""
     from .lmstudio import export
 
-    r = export(models, publisher, model, root, link, force)
+    r = export(models, publisher, model, root, link, force, hub_repo)
     for w in r.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     for f in r.files:
         out.print(f"[green]placed[/] {f}")
-    out.print(f"[green]wrote[/] {r.model_yaml}")
+    if r.model_yaml is not None:
+        out.print(f"[green]wrote[/] {r.model_yaml}")
+    else:
+        out.print("no model.yaml: LM Studio finds local files by the folder layout, and its model.yaml can only point "
+                  "at a Hub repo (--hub-repo); sampling and context travel in the GGUF", highlight=False)
 
 
 @app.command()

@@ -1,9 +1,16 @@
-"""`ggtool export lmstudio`: GGUF variants laid out where LM Studio finds them, with a model.yaml.
+"""`ggtool export lmstudio`: GGUF variants laid out where LM Studio finds them (and a model.yaml for a Hub repo).
 
-LM Studio lists only files inside `<models root>/<publisher>/<model>/`. Before anything is placed, every file
-is checked for what LM Studio reads from it: a chat template that renders system, user and assistant turns
-(LM Studio renders tokenizer.chat_template itself), general.name, the context length, BOS and EOS. The
-folder is built beside the destination and renamed into place, so LM Studio never sees half of it.
+LM Studio lists only files inside `<models root>/<publisher>/<model>/`: the layout alone makes local GGUFs
+visible. Before anything is placed, every file is checked for what LM Studio reads from it: a chat template
+that renders system, user and assistant turns (LM Studio renders tokenizer.chat_template itself),
+general.name, the context length, BOS and EOS; the recommended sampling travels in the GGUF too
+(general.sampling.*, written by convert from generation_config.json). The folder is built beside the
+destination and renamed into place, so LM Studio never sees half of it.
+
+model.yaml (a "virtual model", lmstudio-js packages/lms-shared-types/src/VirtualModelDefinition.ts) can only
+point at Hugging Face repos: its `sources` union has the single member {type: huggingface, user, repo}
+(ModelDownloadSource.ts). So it is written only with --hub-repo (the repo `ggtool publish` uploaded the files
+to), carrying the metadata and the sampling defaults as LM Studio's config fields.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ class Variant:
 class ExportResult:
     folder: Path
     files: list[Path]
-    model_yaml: Path
+    model_yaml: Path | None  # only with a Hub repo (see the module docstring)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -85,15 +92,19 @@ def check_variant(path: Path, force: bool = False, warnings: list[str] | None = 
                    chat.context_length, chat.sampling)
 
 
-def model_yaml(publisher: str, model: str, variants: list[Variant]) -> str:
-    """model.yaml (modelyaml.org, draft 1.0) describing the variants placed in the folder. The spec's sources
-    are Hub repos; the files here are local, so each source is `type: local` with the file name (ggtool's
-    extension), and the variants' types and sizes are listed in a comment."""
+def model_yaml(publisher: str, model: str, variants: list[Variant], hub_repo: str) -> str:
+    """model.yaml for the variants as published in `hub_repo` (org/name): the one concrete model is that Hub repo,
+    the form LM Studio's virtual-model schema accepts."""
+    from .hub import parse_repo_spec
+
+    parsed = parse_repo_spec(hub_repo)
+    if parsed is None or parsed[1] is not None:
+        raise GgtoolError(f"--hub-repo {hub_repo!r}: not a Hub repo id (org/name)")
+    user, repo = parsed[0].split("/")
     first = variants[0]
     doc: dict = {
         "model": f"{publisher}/{model}",
-        "base": [{"key": f"{publisher}/{model}/{v.path.name}", "sources": [{"type": "local", "path": v.path.name}]}
-                 for v in variants],
+        "base": [{"key": f"{user}/{repo}".lower(), "sources": [{"type": "huggingface", "user": user, "repo": repo}]}],
         "metadataOverrides": {"domain": "llm", "architectures": [first.arch], "compatibilityTypes": ["gguf"],
                               **({"paramsStrings": [first.size_label]} if first.size_label else {}),
                               "minMemoryUsageBytes": min(v.path.stat().st_size for v in variants),
@@ -103,7 +114,7 @@ def model_yaml(publisher: str, model: str, variants: list[Variant]) -> str:
     if fields:
         doc["config"] = {"operation": {"fields": fields}}
     listing = "".join(f"#   {v.path.name}: {v.file_type}, {v.path.stat().st_size} bytes\n" for v in variants)
-    return ("# written by ggtool export lmstudio; variants:\n" + listing
+    return (f"# written by ggtool export lmstudio for the Hub repo {user}/{repo}; variants:\n" + listing
             + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
 
 
@@ -118,8 +129,9 @@ def _place(src: Path, dst: Path, link: bool) -> None:
 
 
 def export(models: list[Path], publisher: str, model: str, root: Path | None = None, link: bool = True,
-           force: bool = False) -> ExportResult:
-    """Place `models` (variants of one model) in <root>/<publisher>/<model>/ with a model.yaml, atomically."""
+           force: bool = False, hub_repo: str | None = None) -> ExportResult:
+    """Place `models` (variants of one model) in <root>/<publisher>/<model>/, atomically; with `hub_repo` (where
+    they are published) also a model.yaml pointing at it."""
     publisher, model = _safe_component(publisher, "publisher"), _safe_component(model, "model")
     if not models:
         raise GgtoolError("no GGUF files given")
@@ -131,6 +143,7 @@ def export(models: list[Path], publisher: str, model: str, root: Path | None = N
     archs = {v.arch for v in variants}
     if len(archs) > 1:
         raise GgtoolError(f"the files are not variants of one model (architectures {', '.join(sorted(archs))})")
+    manifest = model_yaml(publisher, model, variants, hub_repo) if hub_repo else None
     root = Path(root or DEFAULT_ROOT).expanduser()
     parent = root / publisher
     parent.mkdir(parents=True, exist_ok=True)
@@ -142,11 +155,13 @@ def export(models: list[Path], publisher: str, model: str, root: Path | None = N
         tmp.mkdir()
         for v in variants:
             _place(v.path, tmp / v.path.name, link)
-        (tmp / "model.yaml").write_text(model_yaml(publisher, model, variants), encoding="utf-8")
+        if manifest is not None:
+            (tmp / "model.yaml").write_text(manifest, encoding="utf-8")
         if dest.exists():
             os.replace(dest, old)  # replaced as a whole: the old layout stays intact until the new one is complete
         os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
-    return ExportResult(dest, [dest / n for n in names], dest / "model.yaml", warnings)
+    return ExportResult(dest, [dest / n for n in names], dest / "model.yaml" if manifest is not None else None,
+                        warnings)
