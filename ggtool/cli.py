@@ -535,7 +535,11 @@ def publish(folder: Path = typer.Argument(..., help="ladder folder (*.gguf, qual
             recommend: list[str] = typer.Option([], "--recommend", help="BUDGET=FILE for the card's 'which file "
                                                 "for your memory' table, e.g. '1 GiB VRAM + 6 GiB RAM=M-IQ3_M.gguf'"),
             force: bool = typer.Option(False, "--force", help="publish even if an engine users run (llama.cpp, "
-                                       "@huggingface/jinja) renders a chat template unlike jinja2")
+                                       "@huggingface/jinja) renders a chat template unlike jinja2"),
+            base_model: str = typer.Option(None, "--base-model", help="the Hub repo the files were converted from "
+                                           "(card's base_model; default: the source repo the GGUF records)"),
+            quantized_by: str = typer.Option(None, "--quantized-by", help="card's quantized_by (default: the "
+                                             "repo's owner)")
             ) -> None:
     """Upload a ladder folder to the Hugging Face Hub with a generated model card."""
     from .hub import publish as run_publish
@@ -543,7 +547,8 @@ def publish(folder: Path = typer.Argument(..., help="ladder folder (*.gguf, qual
     pairs = [tuple(r.rsplit("=", 1)) for r in recommend]
     if any(len(p) != 2 for p in pairs):
         raise GgtoolError("--recommend takes BUDGET=FILE")
-    r = run_publish(folder, repo, private=private, dry_run=dry_run, recommendations=pairs or None, force=force)
+    r = run_publish(folder, repo, private=private, dry_run=dry_run, recommendations=pairs or None, force=force,
+                    base_model=base_model, quantized_by=quantized_by)
     for w in r.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     out.print(f"[green]{'card written' if dry_run else 'uploaded'}[/] {r.repo}: {len(r.files)} files "
