@@ -271,8 +271,8 @@ def _print_ollama(setup) -> None:  # noqa: ANN001
     if setup.layers_only:
         lo = setup.layers_only
         out.print(f"[bold]Ollama without server environment:[/] whole layers only, PARAMETER num_gpu {lo['num_gpu']} "
-                  f"≈{lo['tokens_per_s']:.1f} tokens/s (vs ≈{setup.tokens_per_s:.1f} with the plan)", highlight=False,
-                  soft_wrap=True)
+                  f"≈{lo['tokens_per_s']:.1f} tokens/s (vs ≈{setup.tokens_per_s:.1f} with the plan)",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command("rpc-server")
@@ -523,8 +523,8 @@ def export_lmstudio(models: list[Path] = typer.Argument(..., help="GGUF files (v
     if r.model_yaml is not None:
         out.print(f"[green]wrote[/] {r.model_yaml}")
     else:
-        out.print("no model.yaml: LM Studio finds local files by the folder layout, and its model.yaml can only point "
-                  "at a Hub repo (--hub-repo); sampling and context travel in the GGUF", highlight=False)
+        out.print("no model.yaml: LM Studio finds local files by the folder layout, and its model.yaml can only "
+                  "point at a Hub repo (--hub-repo); sampling and context travel in the GGUF", highlight=False)
 
 
 @app.command()

@@ -169,8 +169,8 @@ def card_facts(ggufs: list[Path]) -> CardFacts:
             _hub_repo_id(h.get("general.source.huggingface.repository"))
         facts.quantized_by = facts.quantized_by or h.get(G.QUANTIZED_BY)
         if h.get("quantize.imatrix.file") and not facts.imatrix:
-            facts.imatrix = {"dataset": h.get("quantize.imatrix.dataset"), "chunks": h.get("quantize.imatrix.chunks_count"),
-                             "file": h.get("quantize.imatrix.file")}
+            facts.imatrix = {"dataset": h.get("quantize.imatrix.dataset"),
+                             "chunks": h.get("quantize.imatrix.chunks_count"), "file": h.get("quantize.imatrix.file")}
         if facts.chat_template is None and h.get("tokenizer.chat_template"):
             from .ollama import read_gguf_chat
 

@@ -14,6 +14,11 @@ whole conversation, system messages included, with consecutive messages of one r
 text is inserted as a first system message. Ollama's llama.cpp runner tokenizes the prompt with special
 tokens parsed and BOS added when the GGUF's tokenizer.ggml.add_bos_token says so, so a template's leading
 BOS is left out of the Go template when the tokenizer adds it (and kept, as text, when it does not).
+
+Ollama >= 0.30 (llama-server runner) uses a Go TEMPLATE only when the GGUF's Jinja has no capability the Go
+template lacks (tools, thinking); otherwise it renders the Jinja with llama-server. `choose_template` follows
+that rule: such templates get no TEMPLATE, and the Modelfile says so. With a plan, the placement goes in the
+server environment (plan/export.py `ollama_setup`), not in num_gpu.
 """
 
 from __future__ import annotations
@@ -455,7 +460,8 @@ def modelfile_text(template: str, *, bos: str = "", eos: str = "", add_bos: bool
 DEFERRED_NOTE = ("no TEMPLATE: deliberately deferred to the GGUF's own Jinja chat template (tokenizer.chat_template), "
                  "which Ollama >= 0.30 renders with llama-server")
 OLDER_OLLAMA_NOTE = ("older Ollama (its own runner) cannot render Jinja and guesses a template from its own list: "
-                     "for it, write a Go TEMPLATE with `ggtool modelfile --template go` (tools and thinking not carried)")
+                     "for it, write a Go TEMPLATE with `ggtool modelfile --template go` (tools and thinking not "
+                     "carried)")
 
 
 def build_modelfile(template: str, *, bos: str, eos: str, add_bos: bool, from_path: str,
