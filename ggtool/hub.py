@@ -337,7 +337,14 @@ def publish(folder: Path, repo: str, *, api=None, private: bool = False, dry_run
     warnings = check_templates([p for p in files if p.suffix == ".gguf"], force)
     card = model_card(folder, repo, recommendations, base_model=base_model, quantized_by=quantized_by)
     if dry_run:
-        (folder / "README.md").write_text(card, encoding="utf-8")
+        from .outputs import atomic_output
+
+        readme = folder / "README.md"
+        if readme.is_file() and "ggtool" not in readme.read_text(encoding="utf-8", errors="replace"):
+            raise GgtoolError(f"{readme}: exists and is not a model card ggtool wrote",
+                              "move it away; publish --dry-run writes the card there")
+        with atomic_output(readme) as tmp:
+            tmp.write_text(card, encoding="utf-8")
         return PublishResult(repo, [p.name for p in files], str(folder / "README.md"), warnings)
     from huggingface_hub import CommitOperationAdd, HfApi
 

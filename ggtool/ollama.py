@@ -28,10 +28,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gguf
 
 from .errors import GgtoolError
-from .gguf_in import recommended_sampling
+from .gguf_in import read_header, recommended_sampling
+from .limits import check_plan
+from .outputs import refuse_inputs
 from .templates import render_chat
 
 ROLE_LETTERS = {"s": "system", "u": "user", "a": "assistant"}
@@ -513,43 +514,37 @@ class GgufChat:
     add_bos: bool
     context_length: int | None
     sampling: dict[str, float | int] = field(default_factory=dict)
+    arch: str | None = None
 
 
 def read_gguf_chat(path: Path) -> GgufChat:
     """The chat template, BOS/EOS texts, add_bos flag, context length and sampling defaults of a GGUF."""
     path = Path(path)
-    if not path.is_file():
-        raise GgtoolError(f"{path}: no such file")
-    try:
-        r = gguf.GGUFReader(path)
-    except (ValueError, OSError) as e:
-        raise GgtoolError(f"{path}: not a readable GGUF file ({e})") from None
-
-    def value(key: str):  # noqa: ANN202
-        f = r.get_field(key)
-        return f.contents() if f is not None else None
-
-    tokens = r.get_field("tokenizer.ggml.tokens")
+    header = read_header(path)  # bounded and checked: a corrupted file fails here with one line
+    value = header.get
 
     def token_text(key: str) -> str:
         tid = value(key)
-        if tid is None or tokens is None or not 0 <= int(tid) < len(tokens.data):
+        if not isinstance(tid, int):
             return ""
-        return bytes(tokens.parts[tokens.data[int(tid)]]).decode("utf-8", "replace")
+        return header.string_at("tokenizer.ggml.tokens", tid) or ""
 
-    arch = value("general.architecture")
-    sampling = recommended_sampling(value)
-    ctx = value(f"{arch}.context_length") if arch else None
-    return GgufChat(value("general.name"), value("tokenizer.chat_template"), token_text("tokenizer.ggml.bos_token_id"),
-                    token_text("tokenizer.ggml.eos_token_id"), bool(value("tokenizer.ggml.add_bos_token")),
-                    int(ctx) if ctx is not None else None, sampling)
+    arch = header.typed("general.architecture", str)
+    try:
+        sampling = recommended_sampling(value)
+    except GgtoolError as e:
+        raise GgtoolError(f"{path}: {e.message}", e.hint) from None
+    ctx = header.typed(f"{arch}.context_length", int) if arch else None
+    return GgufChat(header.typed("general.name", str), header.typed("tokenizer.chat_template", str),
+                    token_text("tokenizer.ggml.bos_token_id"), token_text("tokenizer.ggml.eos_token_id"),
+                    bool(header.typed("tokenizer.ggml.add_bos_token", bool, False)), ctx, sampling, arch)
 
 
 def read_plan(path: Path) -> dict:
     """A plan JSON (`ggtool plan --json`): at least n_ctx and n_gpu_layers."""
     try:
         plan = json.loads(Path(path).read_text())
-        int(plan["n_ctx"]), int(plan["n_gpu_layers"])
+        check_plan(plan, str(path))
         return plan
     except FileNotFoundError:
         raise GgtoolError(f"{path}: no such plan file") from None
@@ -596,6 +591,11 @@ def write_modelfile(model: Path, dest: Path, plan: Path | None = None, strict: b
         setup = ollama_setup(read_plan(plan))
         params.update(setup.parameters)
         comment += ollama_modelfile_comment(setup, ENV_FILE)
+    from .families import client_note
+
+    arch_note = client_note(chat.arch, "Ollama")
+    if arch_note:
+        comment.append(f"note: {arch_note}")
     choice = choose_template(chat.template, template_mode)
     text, fmt = build_modelfile(chat.template, bos=chat.bos, eos=chat.eos, add_bos=chat.add_bos,
                                 from_path=rel if rel.startswith(".") else f"./{rel}", parameters=params, system=None,
@@ -605,10 +605,12 @@ def write_modelfile(model: Path, dest: Path, plan: Path | None = None, strict: b
     env_path, env_text = None, ""
     if setup is not None:
         env_path, env_text = dest.parent / ENV_FILE, ollama_env_text(setup, model.name)
+        refuse_inputs(env_path, [("the model", model), ("the plan", plan)])
         write_ollama_env(env_path, env_text)
     with atomic_output(dest) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    return ModelfileResult(dest, text, [*engine_notes, *(fmt.notes if fmt else []), *(setup.notes if setup else [])],
+    return ModelfileResult(dest, text, [*([arch_note] if arch_note else []), *engine_notes,
+                                        *(fmt.notes if fmt else []), *(setup.notes if setup else [])],
                            choice, env_path, env_text)
 
 
@@ -641,7 +643,8 @@ def _seed_table() -> dict[str, dict]:
         "Metis-1.5-think": dict(template=METIS_CHAT_TEMPLATE, bos="<bos>", eos="<eos>", add_bos=True,
                                 file="Metis-1.5-think-f16.gguf", parameters={"temperature": 0.7, "top_p": 0.95},
                                 source="the released tokenizer_config.json template and generation_config.json; "
-                                       "note: llama.cpp has no metis graph yet, so Ollama cannot load this model"),
+                                       "note: Ollama loads it only once its bundled llama.cpp carries the metis "
+                                       "architecture (ggtool's patches/llama.cpp/metis.patch)"),
     }
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from ggtool.errors import GgtoolError
-from ggtool.lmstudio import export
+from ggtool.lmstudio import OWNED, export
 from tests.conftest import run_cli
 
 
@@ -50,7 +50,7 @@ def test_layout_and_model_yaml(variants, tmp_path):
     assert r.returncode == 0, r.stderr
     folder = tmp_path / "ggtool" / "OLMoE-tiny-GGUF"
     # local files: the layout alone (model.yaml cannot point at local files), sampling and context in the GGUF
-    assert sorted(p.name for p in folder.iterdir()) == ["olmoe-tiny-f16.gguf", "olmoe-tiny-q8_0.gguf"]
+    assert sorted(p.name for p in folder.iterdir() if p.name != OWNED) == ["olmoe-tiny-f16.gguf", "olmoe-tiny-q8_0.gguf"]
     assert "no model.yaml" in r.stdout
     assert not [p for p in (tmp_path / "ggtool").iterdir() if p.name.startswith(".")]  # no leftovers
     for v in variants:  # hard links by default: same file, no second copy of the bytes
@@ -101,8 +101,8 @@ def test_copy_mode_and_replacing_an_export(variants, tmp_path):
     export(variants[:1], "p", "m", tmp_path, link=False)
     placed = tmp_path / "p" / "m" / variants[0].name
     assert not os.path.samefile(placed, variants[0]) and placed.read_bytes() == variants[0].read_bytes()
-    export(variants[1:], "p", "m", tmp_path, link=True, hub_repo="p/m-GGUF")  # replaces the folder as a whole
-    assert sorted(p.name for p in (tmp_path / "p" / "m").iterdir()) == ["model.yaml", variants[1].name]
+    export(variants[1:], "p", "m", tmp_path, link=True, hub_repo="p/m-GGUF")  # a second export replaces the first one's files
+    assert sorted(p.name for p in (tmp_path / "p" / "m").iterdir() if p.name != OWNED) == ["model.yaml", variants[1].name]
     assert lmstudio_schema(tmp_path / "p" / "m" / "model.yaml")[0]["ok"]
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import GgtoolError
+from ..limits import check_plan
+from ..outputs import atomic_output
 from .memory import Placement
 from .search import Candidate, PlanResult, expert_override_patterns
 
@@ -167,12 +168,8 @@ def write_ollama_env(dest: Path, text: str) -> None:
             ours = False
         if not ours:
             raise GgtoolError(f"{dest}: exists and was not written by ggtool", "move it away or choose another -o")
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-    try:
+    with atomic_output(dest) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _predicted(c: Candidate) -> dict:
@@ -217,6 +214,7 @@ def load_plan(path: Path) -> dict:
     missing = [k for k in PLAN_KEYS if k not in data] if isinstance(data, dict) else list(PLAN_KEYS)
     if missing:
         raise GgtoolError(f"{path}: plan lacks {', '.join(missing)}", "write one with `ggtool plan MODEL --json FILE`")
+    check_plan(data, str(path))
     return data
 
 
@@ -225,9 +223,5 @@ def write_plan(dest: Path, data: dict) -> None:
     dest = Path(dest)
     if not dest.parent.is_dir():
         raise GgtoolError(f"{dest.parent}: no such folder")
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-    try:
+    with atomic_output(dest) as tmp:
         tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
