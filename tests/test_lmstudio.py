@@ -58,7 +58,8 @@ def test_layout_and_model_yaml(variants, tmp_path):
     r = run_cli("export", "lmstudio", *variants, "--publisher", "ggtool", "--model", "OLMoE-tiny-GGUF",
                 "--root", tmp_path, "--hub-repo", "me/OLMoE-tiny-GGUF")
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in folder.iterdir()) == ["model.yaml", "olmoe-tiny-f16.gguf", "olmoe-tiny-q8_0.gguf"]
+    assert sorted(p.name for p in folder.iterdir() if p.name != OWNED) == ["model.yaml", "olmoe-tiny-f16.gguf",
+                                                                        "olmoe-tiny-q8_0.gguf"]
     [verdict] = lmstudio_schema(folder / "model.yaml")
     assert verdict["ok"], verdict["issues"]
     doc = yaml.safe_load((folder / "model.yaml").read_text())
