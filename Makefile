@@ -1,13 +1,17 @@
 # ggtool: `make demo` runs the main job on the default model; `make test` runs the test suite.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 # RPC lets the planner's tests use a loopback second device on machines without a GPU
 export CMAKE_ARGS ?= -DGGML_RPC=on
 
-.PHONY: install test demo bench clean llama-src template-engines
+.PHONY: install test demo bench fuzz clean llama-src template-engines
 
-install: $(VENV)/.installed llama-src template-engines
+# test harnesses: llama.cpp's own argument parser (the Ollama server environment test) and LM Studio's
+# model.yaml schema (npm @lmstudio/lms-shared-types, pinned by its package-lock.json)
+LLAMA_ARGS := build/llama_args/llama-args
+LMSTUDIO_NODE := tests/node/lmstudio/node_modules/.package-lock.json
+
+install: $(VENV)/.installed llama-src template-engines $(LLAMA_ARGS) $(LMSTUDIO_NODE)
 
 # the llama.cpp source the pinned llama-cpp-python vendors (tokenizer test vectors, templates, common/jinja):
 # fetched once with pip into ~/.cache/ggtool (or $$GGTOOL_LLAMA_SRC)
@@ -20,13 +24,21 @@ llama-src:
 template-engines: $(VENV)/.installed llama-src
 	$(PY) -m ggtool.engines
 
-$(VENV)/.installed: pyproject.toml
+# llama-cpp-python is the pinned sdist with patches/llama.cpp applied (the `metis` graph), built once per machine
+# (~10 min on 2 cores) and kept in ~/.cache/ggtool/wheels; the pin in pyproject.toml then finds it installed
+$(VENV)/.installed: pyproject.toml ggtool/llama/build.py $(wildcard patches/llama.cpp/*.patch)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
-	@# pip may reuse a cached wheel built without RPC: rebuild it from source if so
-	$(PY) -c "import llama_cpp.llama_cpp as L, sys; sys.exit(0 if L.llama_supports_rpc() else 1)" || \
-	  $(PY) -m pip install -q --no-cache-dir --force-reinstall --no-deps '$(LLAMA_CPP_PYTHON)'
+	$(PY) ggtool/llama/build.py > $(VENV)/.llama-wheel
+	$(PY) -m pip install -q --force-reinstall --no-deps "$$(cat $(VENV)/.llama-wheel)"
+	$(PY) -m pip install -q "$$(cat $(VENV)/.llama-wheel)" -e '.[test]'
 	touch $@
+
+$(LLAMA_ARGS): tests/llama_args/main.cpp tests/llama_args/stubs.cpp tests/llama_args/build.sh $(VENV)/.installed
+	@python3 ggtool/llama/source.py >/dev/null
+	nice tests/llama_args/build.sh $(PY) $@
+
+$(LMSTUDIO_NODE): tests/node/lmstudio/package.json tests/node/lmstudio/package-lock.json
+	cd tests/node/lmstudio && npm ci --no-audit --no-fund --loglevel=error
 
 test: install
 	$(VENV)/bin/pytest -q
@@ -36,6 +48,11 @@ demo: install
 
 bench: install
 	$(PY) bench/run_all.py
+
+# mutated GGUF models and importance matrices through every reading command (FUZZ_MUTANTS per command)
+FUZZ_MUTANTS ?= 1000
+fuzz: install
+	$(PY) -m tests.fuzzing --mutants $(FUZZ_MUTANTS)
 
 clean:
 	rm -rf out build .pytest_cache

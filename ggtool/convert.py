@@ -15,6 +15,8 @@ from .checkpoint import Checkpoint
 from .errors import GgtoolError
 from .families import detect
 from .families.base import Family, HParam, PlannedTensor, validate_plan
+from .limits import check_hparams
+from .templates import parse_template
 from .gguf_out import FILE_TYPES, OUTTYPES, check_destination, nbytes, tensor_type, write_gguf
 
 _WRITERS = {"u32": "add_uint32", "i32": "add_int32", "f32": "add_float32", "bool": "add_bool", "str": "add_string",
@@ -58,9 +60,12 @@ def add_hparams(w: gguf.GGUFWriter, arch: str, hparams: list[HParam]) -> None:
 
 def prepare(src: Path) -> tuple[Checkpoint, Family, list[PlannedTensor]]:
     """Open, detect, check and plan: everything that can fail on bad input, with no output yet."""
-    ckpt = Checkpoint(src)
+    ckpt = Checkpoint(src)  # config.json's shape values checked against limits.CONFIG_KEYS
     family = detect(ckpt)
     family.check(ckpt)
+    # the GGUF keys as llama.cpp will read them, within its limits (its asserts abort on e.g. top-k > experts)
+    values = {hp.key: hp.value for hp in family.hparams(ckpt)}
+    check_hparams(values.get, str(ckpt.folder / "config.json"), lambda k: f"{family.arch}.{k}")
     plan = family.plan(ckpt)
     validate_plan(ckpt, plan, family.ignored_tensors)
     return ckpt, family, plan
@@ -83,7 +88,14 @@ def convert(src: Path, dest: Path, outtype: str = "f16",
         outtype = "lossless"
     types = [tensor_type(t, qtype) for t in plan]
     vocab = family.vocab(ckpt)
-    check_destination(dest, ckpt.input_paths())
+    for name, template in [("", vocab.chat_template), *vocab.named_templates.items()]:
+        if template:
+            try:
+                parse_template(template)
+            except GgtoolError as e:  # written into the GGUF, it would fail in every client that renders it
+                raise GgtoolError(f"{src}: chat template{' ' + name if name else ''}: {e.message}",
+                                  "fix the template in tokenizer_config.json / chat_template.jinja") from None
+    check_destination(dest, [("one of the conversion's inputs", p) for p in ckpt.input_paths()])
     if vocab.chat_template:  # a warning here; modelfile, export lmstudio and publish refuse
         from .template_check import check_template
 

@@ -22,8 +22,9 @@ import gguf
 import numpy as np
 
 from .errors import GgtoolError
-from .gguf_in import read_header
+from .gguf_in import read_header, tensor_data
 from .gguf_out import atomic_output
+from .outputs import refuse_inputs
 
 DEFAULT_CHUNK_SIZE = 512  # llama-imatrix's default n_ctx
 
@@ -82,32 +83,43 @@ def read_imatrix(path: Path | str) -> Imatrix:
 
 
 def _read_gguf(path: Path) -> Imatrix:
-    try:
-        r = gguf.GGUFReader(path)
-    except Exception as e:  # noqa: BLE001 - truncated or malformed: one line
-        raise GgtoolError(f"{path}: not a readable GGUF imatrix ({e})") from None
+    header = read_header(path)  # bounded and checked: counts, lengths and types against the file's size
 
-    def value(key: str):
-        f = r.get_field(key)
-        return None if f is None else f.contents()
+    def bad(why: str) -> GgtoolError:
+        return GgtoolError(f"{path}: not a usable importance matrix ({why})",
+                           f"make it again with `ggtool imatrix MODEL.gguf -o {path.name}`")
 
-    if value(gguf.Keys.General.TYPE) not in (None, gguf.GGUFType.IMATRIX) or value(gguf.Keys.General.ARCHITECTURE):
+    if header.get(gguf.Keys.General.TYPE) not in (None, gguf.GGUFType.IMATRIX) \
+            or header.get(gguf.Keys.General.ARCHITECTURE):
         raise GgtoolError(f"{path}: is a model, not an importance matrix",
                           f"make one with `ggtool imatrix {path} -o imatrix.gguf`")
     missing = [k for k in (gguf.Keys.IMatrix.DATASETS, gguf.Keys.IMatrix.CHUNK_COUNT, gguf.Keys.IMatrix.CHUNK_SIZE)
-               if r.get_field(k) is None]
+               if k not in header.values]
     if missing:  # quantize.cpp refuses such files ("missing imatrix metadata")
         raise GgtoolError(f"{path}: imatrix metadata missing: {', '.join(missing)}")
+    datasets = header.array(gguf.Keys.IMatrix.DATASETS)
+    if not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
+        raise bad(f"{gguf.Keys.IMatrix.DATASETS} is not a list of strings")
+    chunk_count = header.typed(gguf.Keys.IMatrix.CHUNK_COUNT, int)
+    chunk_size = header.typed(gguf.Keys.IMatrix.CHUNK_SIZE, int)
+    if chunk_count < 0 or chunk_size < 0:
+        raise bad(f"negative chunk count {chunk_count} or chunk size {chunk_size}")
     sums, counts = {}, {}
-    for t in r.tensors:
-        if t.tensor_type != gguf.GGMLQuantizationType.F32:
-            raise GgtoolError(f"{path}: tensor {t.name} is {t.tensor_type.name}, imatrix tensors must be F32")
-        data = np.array(t.data, dtype=np.float32)
+    for t in header.tensors:
+        if t.type != gguf.GGMLQuantizationType.F32:
+            raise GgtoolError(f"{path}: tensor {t.name} is {t.type.name}, imatrix tensors must be F32")
+        if len(t.shape) > 2 or t.n_elements == 0:
+            raise bad(f"tensor {t.name} has shape {list(t.shape)}; imatrix tensors are non-empty, 1-D or 2-D")
+        data = tensor_data(header, t).reshape(-1)  # a view of the file: nothing allocated yet
+        if not np.isfinite(data).all() or (data < 0).any():
+            raise bad(f"tensor {t.name} holds negative, NaN or infinite values")
         n_mat = int(t.shape[1]) if len(t.shape) > 1 else 1
         if t.name.endswith(".in_sum2"):
             sums[t.name[: -len(".in_sum2")]] = data.reshape(n_mat, -1).astype(np.float64)
         elif t.name.endswith(".counts"):
-            counts[t.name[: -len(".counts")]] = np.rint(data.reshape(-1)).astype(np.int64)
+            if (data >= 2.0 ** 53).any():
+                raise bad(f"tensor {t.name} holds counts beyond 2^53")
+            counts[t.name[: -len(".counts")]] = np.rint(data).astype(np.int64)
     if not sums:
         raise GgtoolError(f"{path}: no data in the importance matrix")
     entries = {}
@@ -115,13 +127,17 @@ def _read_gguf(path: Path) -> Imatrix:
         if name not in sums or name not in counts or counts[name].size != sums[name].shape[0]:
             raise GgtoolError(f"{path}: mismatched sums and counts for {name}")
         entries[name] = ImatrixEntry(sums[name], counts[name])
-    return Imatrix(entries, [str(d) for d in (value(gguf.Keys.IMatrix.DATASETS) or [])],
-                   int(value(gguf.Keys.IMatrix.CHUNK_COUNT)), int(value(gguf.Keys.IMatrix.CHUNK_SIZE)))
+    return Imatrix(entries, datasets, chunk_count, chunk_size)
 
 
 def _read_legacy(path: Path) -> Imatrix:
-    raw = path.read_bytes()
+    """llama-imatrix's .dat, every length checked against the bytes that remain before it is read."""
+    raw = path.read_bytes()  # the file's own size, once
     pos = 0
+
+    def bad(why: str) -> GgtoolError:
+        return GgtoolError(f"{path}: not a usable legacy importance matrix (.dat): {why}",
+                           "make one with `ggtool imatrix MODEL.gguf -o imatrix.gguf`")
 
     def take(fmt: str):
         nonlocal pos
@@ -134,7 +150,8 @@ def _read_legacy(path: Path) -> Imatrix:
         return out
 
     (n_entries,) = take("<i")
-    if n_entries < 1 or n_entries > 1_000_000:
+    # each entry takes at least 4 + 1 + 8 + 4 bytes
+    if n_entries < 1 or n_entries * 17 > len(raw) - pos:
         raise GgtoolError(f"{path}: not an importance matrix (neither GGUF nor legacy .dat)",
                           "make one with `ggtool imatrix MODEL.gguf -o imatrix.gguf`")
     entries = {}
@@ -146,11 +163,22 @@ def _read_legacy(path: Path) -> Imatrix:
         ncall, nval = take("<ii")
         if nval < 1:
             raise GgtoolError(f"{path}: entry {name} has no values")
-        values = np.array(take(f"<{nval}f"), dtype=np.float64)
+        if ncall < 0:
+            raise bad(f"entry {name} has a negative count {ncall}")
+        if nval * 4 > len(raw) - pos:
+            raise bad(f"entry {name}'s {nval} values run past the end of the file")
+        values = np.frombuffer(raw, dtype="<f4", count=nval, offset=pos).astype(np.float64)
+        pos += nval * 4
+        if not np.isfinite(values).all() or (values < 0).any():
+            raise bad(f"entry {name} holds negative, NaN or infinite values")
+        if name in entries:
+            raise bad(f"entry {name} appears twice")
         entries[name] = ImatrixEntry(values[None, :], np.array([ncall], dtype=np.int64))
     chunk_count, datasets = 0, []
     if pos < len(raw):  # optional trailer: chunk count and dataset name
         (chunk_count,) = take("<i")
+        if chunk_count < 0:
+            raise bad(f"negative chunk count {chunk_count}")
         if pos + 4 <= len(raw):
             (length,) = take("<i")
             if length > 0:
@@ -385,8 +413,7 @@ def collect(model_path: Path | str, files: list[Path], dest: Path | str, chunk_s
     t0 = time.perf_counter()
     model_path, dest = Path(model_path), Path(dest)
     _check_dest(dest)
-    if dest.exists() and dest.resolve() == model_path.resolve():
-        raise GgtoolError(f"{dest}: is the model", "choose another -o")
+    refuse_inputs(dest, [("the model", model_path), *[("calibration text", f) for f in files]])  # --in-file may be -o
     if not files and not in_files:
         raise GgtoolError("no calibration text", "pass one or more -f FILE")
     if chunk_size < 16:

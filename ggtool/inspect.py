@@ -6,10 +6,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gguf
-
 from .errors import GgtoolError
-from .gguf_in import read_header
+from .gguf_in import GGUFHeader, read_header
 
 # first matching rule names the group of a tensor
 GROUPS = [
@@ -46,12 +44,12 @@ class Inspection:
     groups: dict[str, int] = field(default_factory=dict)  # bytes per group
 
 
-def _field_value(f: gguf.ReaderField) -> object:
-    if f.types and f.types[0] == gguf.GGUFValueType.ARRAY:
-        n = len(f.data)
-        if n > _LONG_ARRAYS:
-            return f"[{n} values]"
-    return f.contents()
+def _array_value(header: GGUFHeader, key: str) -> object:
+    n = header.array_lengths[key]
+    if n > _LONG_ARRAYS:
+        return f"[{n} values]"
+    values = header.array(key)
+    return values.tolist() if hasattr(values, "tolist") else values
 
 
 def inspect(path: Path) -> Inspection:
@@ -59,18 +57,9 @@ def inspect(path: Path) -> Inspection:
     path = Path(path)
     if not path.is_file():
         raise GgtoolError(f"{path}: no such file")
-    read_header(path)  # bounds-checked first: gguf-py hangs on some corrupted counts
-    try:  # a corrupted header can fail anywhere in gguf-py (bad counts, types, UTF-8, offsets): one clear line
-        reader = gguf.GGUFReader(path)
-        meta = {name: _field_value(f) for name, f in reader.fields.items() if not name.startswith("GGUF.")}
-        rows = [TensorRow(t.name, t.tensor_type.name, [int(x) for x in t.shape], int(t.n_bytes),
-                          tensor_group(t.name)) for t in reader.tensors]
-    except (MemoryError, RecursionError) as e:
-        raise GgtoolError(f"{path}: not a readable GGUF file ({type(e).__name__})",
-                          "the file is truncated or corrupted") from None
-    except Exception as e:  # noqa: BLE001
-        raise GgtoolError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})",
-                          "the file is truncated or corrupted") from None
+    header = read_header(path)  # bounds-checked: every count, length and type against the file's size
+    meta = {k: _array_value(header, k) if k in header.arrays else v for k, v in header.values.items()}
+    rows = [TensorRow(t.name, t.type.name, list(t.shape), t.n_bytes, tensor_group(t.name)) for t in header.tensors]
     groups: dict[str, int] = {}
     for r in rows:
         groups[r.group] = groups.get(r.group, 0) + r.n_bytes

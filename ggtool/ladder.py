@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import GgtoolError
+from .outputs import atomic_output, refuse_inputs, removes_created_folder
 from .quality import DEFAULT_HELDOUT, EvalReport
 from .quantize import DEFAULT_TYPES, ftype_name, output_name
 
@@ -81,11 +82,11 @@ class Manifest:
 
     def record(self, key: str, inputs: list, output: Path) -> None:
         self.entries[key] = {"inputs": inputs, "output": output.name, "fingerprint": file_fingerprint(output)}
-        tmp = self.path.with_name(self.path.name + ".partial")
-        tmp.write_text(json.dumps(self.entries, indent=2) + "\n")
-        tmp.replace(self.path)
+        with atomic_output(self.path) as tmp:  # a unique temporary name: concurrent writers do not collide
+            tmp.write_text(json.dumps(self.entries, indent=2) + "\n")
 
 
+@removes_created_folder("out_dir")
 def ladder(src: Path | str, out_dir: Path | str, types: list[str] = DEFAULT_TYPES, *,
            calibration: list[Path] | None = None, conversations: Path | None = DEFAULT_CONVERSATIONS,
            heldout: Path | None = None, outtype: str = "f16", chunk_size: int = 512, eval_ctx: int = 512,
@@ -112,6 +113,9 @@ def ladder(src: Path | str, out_dir: Path | str, types: list[str] = DEFAULT_TYPE
         if not p.is_file():
             raise GgtoolError(f"{p}: no such file", "pass calibration text with --calibration and held-out text "
                               "with --heldout")
+    inputs = [("the source", src), *[("calibration text", p) for p in calibration], ("the held-out text", heldout)]
+    for name in (MANIFEST, "imatrix.gguf", "quality.json", f"base-{outtype}.gguf"):
+        refuse_inputs(out_dir / name, inputs)
     out_dir.mkdir(exist_ok=True)
     manifest = Manifest(out_dir)
     steps: list[StepRecord] = []

@@ -32,6 +32,7 @@ import numpy as np
 
 from .errors import GgtoolError
 from .gguf_in import read_header
+from .outputs import refuse_inputs
 
 # candidate tensor types, fewest bits first (llama.cpp's quantization types, as ggml names them)
 CANDIDATES = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
@@ -419,8 +420,7 @@ def choose_and_write(base: Path | str, dest: Path | str | Callable[[float], Path
     recorded = {g.name: "+".join(sorted({chosen[n] for n in g.tensors})) for g in all_groups}
     dest = Path(dest(bpw) if callable(dest) else dest)
     label = label or f"mix {bpw:.2f} bpw"
-    if dest.exists() and dest.resolve() == base.resolve():
-        raise GgtoolError(f"{dest}: is the input model", "choose another output folder")
+    refuse_inputs(dest, [("the input model", base)])
     overrides = [(tt.pattern, tt.ggml_type) for tt in tensor_types]
     overrides += [(g.pattern, int(ggml_type(types[g.name]))) for g in gs]
     kvs = list(kv_overrides) + mix_kvs(label, recorded, target_bytes_file if target_bytes_file is not None else predicted)

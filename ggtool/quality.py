@@ -11,8 +11,8 @@ a time, so long texts with large vocabularies do not need all logits in RAM.
 
 from __future__ import annotations
 
+import errno
 import json
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,6 +21,8 @@ import gguf
 import numpy as np
 
 from .errors import GgtoolError
+from .limits import check
+from .outputs import reserve, temporary_folder
 
 DEFAULT_HELDOUT = Path(__file__).resolve().parent.parent / "imatrix_data" / "heldout.txt"
 
@@ -123,8 +125,9 @@ def evaluate(base: Path | str, variants: list[Path | str], text_file: Path | str
     text_path = Path(text_file) if text_file else DEFAULT_HELDOUT
     if not text_path.is_file():
         raise GgtoolError(f"{text_path}: no such file", "pass the held-out text with -f FILE")
-    if n_ctx < 8:
-        raise GgtoolError(f"--ctx {n_ctx} is too small", "use at least 8 (512 is usual)")
+    check("--ctx", n_ctx)
+    if max_chunks is not None:
+        check("--chunks", max_chunks)
     facts = {}
     for p in [base, *paths]:
         if not p.is_file():
@@ -136,13 +139,24 @@ def evaluate(base: Path | str, variants: list[Path | str], text_file: Path | str
     first = n_ctx // 2
     scored = n_ctx - 1 - first  # positions first .. n_ctx-2 predict tokens first+1 .. n_ctx-1
 
-    with tempfile.TemporaryDirectory(prefix="ggtool-eval-") as tmpdir:
+    # the base's log-probabilities in a named temporary folder ($TMPDIR/ggtool-eval-PID-*), removed on every exit
+    # path (and by the next run if this one is killed); the space is reserved up front, so a full disk is an
+    # error here rather than a SIGBUS when a mapped page is first written
+    with temporary_folder("eval") as tmpdir:
         with LlamaModel(base) as model:
             chunks = _chunks(model, text, n_ctx, max_chunks)
             n_vocab = model.n_vocab
             n = len(chunks) * scored
-            base_logp = np.lib.format.open_memmap(Path(tmpdir) / "base.npy", mode="w+", dtype=np.float32,
+            base_logp = np.lib.format.open_memmap(tmpdir / "base.npy", mode="w+", dtype=np.float32,
                                                   shape=(n, n_vocab))
+            try:  # allocated now: a full disk fails here in one line, not later with SIGBUS on a mapped page
+                reserve(tmpdir / "base.npy", (tmpdir / "base.npy").stat().st_size)
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise
+                raise GgtoolError(f"{tmpdir}: no space left on device for the base model's log-probabilities "
+                                  f"({n * n_vocab * 4 / 2**20:.0f} MiB) in the temporary folder",
+                                  "free some space, point TMPDIR at a larger folder, or use --chunks") from None
             base_top = np.empty(n, dtype=np.int64)
             base_nll = np.empty(n)
             for i, c in enumerate(chunks):

@@ -23,10 +23,9 @@ def small_gguf(olmoe_checkpoint, tmp_path_factory) -> Path:
 
 
 def header_size(path: Path) -> int:
-    import gguf
+    from ggtool.gguf_in import read_header
 
-    reader = gguf.GGUFReader(path)
-    return min(t.data_offset for t in reader.tensors)
+    return min(t.offset for t in read_header(path).tensors)
 
 
 def mutants(path: Path, n: int, seed: int = 0):
@@ -72,3 +71,35 @@ def test_cli_on_corrupted_files_no_traceback_no_hang(small_gguf, tmp_path):
                                   text=True, timeout=60)  # a hang fails the test
             assert proc.returncode in (0, 1), proc.stderr
             assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+
+
+FUZZ_MUTANTS = 120  # per input kind; `make fuzz` runs 1,000+ (tests/fuzzing.py)
+
+
+def test_fuzz_every_command_on_mutated_models_and_imatrices(small_gguf, olmoe_imatrix, tmp_path):
+    """A seeded campaign in a fresh process (tests/fuzzing.py): every GGUF mutant through inspect, plan,
+    modelfile, export lmstudio and run -n 1, every imatrix mutant (GGUF and legacy .dat) through
+    imatrix-coverage and imatrix-merge; each run under RLIMIT_AS and a deadline. No traceback, no internal
+    error, no hang, no signal, and peak RSS under 200 MB in every run."""
+    from ggtool.imatrix import read_imatrix, write_legacy
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "tiny-q8.gguf").symlink_to(small_gguf)
+    (inputs / "imatrix.gguf").symlink_to(olmoe_imatrix)
+    write_legacy(read_imatrix(olmoe_imatrix), inputs / "imatrix.dat")
+    root = Path(__file__).resolve().parent.parent
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.fuzzing", "--inputs", str(inputs), "--mutants",
+                               str(FUZZ_MUTANTS), "--seed", "0", "--shard", f"{k}/2"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=root) for k in range(2)]  # one per core
+    counts: dict[str, int] = {}
+    for proc in procs:
+        out, err = proc.communicate(timeout=1500)
+        assert proc.returncode == 0, out[-4000:] + err[-2000:]
+        assert "problems: 0" in out
+        for line in out.splitlines():
+            words = line.split()
+            if words and words[0] in ("inspect", "plan", "modelfile", "run", "imatrix-coverage"):
+                counts[words[0]] = counts.get(words[0], 0) + int(words[-4])
+    assert counts == {"inspect": FUZZ_MUTANTS, "plan": FUZZ_MUTANTS, "modelfile": FUZZ_MUTANTS,
+                      "run": FUZZ_MUTANTS, "imatrix-coverage": FUZZ_MUTANTS}, counts

@@ -27,3 +27,12 @@ def detect(ckpt: Checkpoint) -> Family:
 def by_arch(arch: str) -> Family | None:
     """The family that writes GGUF architecture `arch` (for verify and inspect)."""
     return next((f for f in FAMILIES if f.arch == arch), None)
+
+
+def client_note(arch: str | None, client: str) -> str | None:
+    """For an architecture that comes from ggtool's llama.cpp patch: what `client` (Ollama, LM Studio) needs first."""
+    family = by_arch(arch) if arch else None
+    if family is None or not family.patched_arch:
+        return None
+    return (f"architecture {arch} is not in stock llama.cpp yet (ggtool's patches/llama.cpp/{arch}.patch adds it): "
+            f"{client} loads this model only once its bundled llama.cpp carries that architecture")

@@ -6,9 +6,11 @@ full-width normed hidden state whose bias only picks the experts (weights are th
 renormalised), ungated squared-ReLU experts inside the latent, `latent_up` once after the weighted
 sum, plus an always-on ungated squared-ReLU shared expert; tied embeddings.
 
-No llama.cpp architecture computes that (nemotron_h_moe has the latent MoE but no RoPE and one mixer
-per block), so the GGUF is written faithfully for a future `metis` graph and `ggtool run` refuses
-it; `verify` checks it by running the numpy reference forward on the GGUF read back with gguf-py.
+No stock llama.cpp architecture computes that (nemotron_h_moe has the latent MoE but no RoPE and one
+mixer per block), so ggtool's llama.cpp carries a `metis` graph of its own (patches/llama.cpp/metis.patch:
+llama's attention + nemotron_h_moe's MoE block, upstream style), and the GGUF uses only llama.cpp's own
+key and tensor names. On a stock llama.cpp build the commands that run the model say it lacks the
+architecture and how to build one that has it.
 
 The checkpoint stores weights as used in `x @ W` ([in, out]): every projection is transposed, and
 the last two axes of the expert tensors. config.json as released is a leftover of an older model
@@ -79,11 +81,6 @@ REFUSED = [
 # config.json keys that, when present, must agree with the size inferred from the tensors
 CONSISTENT = [("moe_num_experts", "expert"), ("moe_expert_intermediate_size", "ff_exp"),
               ("moe_routed_latent_size", "latent"), ("moe_router_latent_size", "latent")]
-
-WHY_NOT_RUNNABLE = ("no llama.cpp architecture computes Metis-1.5's graph (one low-rank latent shared by "
-                    "sigmoid-routed squared-ReLU experts, an ungated squared-ReLU shared expert and NeoX RoPE "
-                    "attention); this GGUF records it faithfully for a future llama.cpp `metis` implementation")
-
 
 @dataclass(frozen=True)
 class MetisDims:
@@ -184,11 +181,11 @@ def _read_expert(ckpt: Checkpoint, name: str, x: int) -> np.ndarray:
 
 
 class Metis(Family):
-    """Metis-1.5 -> `metis`: written faithfully, not runnable in llama.cpp, verified through the numpy reference."""
+    """Metis-1.5 -> `metis`: runs on ggtool's patched llama.cpp, verified against the numpy reference."""
 
     def __init__(self) -> None:
         super().__init__(name="metis", title="Metis-1.5 (metis_jax_safetensors_v1)", arch="metis",
-                         runnable=False, not_runnable_reason=WHY_NOT_RUNNABLE)
+                         patched_arch=True)
 
     def detect(self, ckpt: Checkpoint) -> bool:
         c = ckpt.config
@@ -233,7 +230,7 @@ class Metis(Family):
             HParam("attention.key_length", d.head_dim), HParam("attention.value_length", d.head_dim),
             HParam("attention.layer_norm_rms_epsilon", d.eps, "f32"),
             HParam("rope.dimension_count", d.head_dim), HParam("rope.freq_base", d.rope_theta, "f32"),
-            HParam("rope.type", "neox", "str"),  # llama.cpp fixes rope type per arch; recorded for the future graph
+            # NeoX RoPE, squared-ReLU experts and shared expert: fixed by the `metis` graph, as llama.cpp does per arch
             HParam("expert_count", s["expert"]), HParam("expert_used_count", d.top_k),
             HParam("expert_shared_count", 1),
             HParam("expert_feed_forward_length", s["ff_exp"]),
@@ -242,8 +239,6 @@ class Metis(Family):
             HParam("expert_gating_func", int(gguf.ExpertGatingFuncType.SIGMOID)),
             HParam("expert_weights_norm", True, "bool"),  # top-k sigmoid scores divided by their sum
             HParam("expert_weights_scale", 1.0, "f32"),
-            HParam("expert_activation", "relu_sqr", "str"),  # llama.cpp's LLM_FFN_RELU_SQR, ungated
-            HParam("expert_shared_activation", "relu_sqr", "str"),
         ]  # general.sampling.* come from generation_config.json through gguf-py's Metadata (convert.py)
 
     def plan(self, ckpt: Checkpoint) -> list[PlannedTensor]:
@@ -347,31 +342,39 @@ def load_metis_vocab(ckpt: Checkpoint, n_vocab: int) -> MetisVocab:
                       normalizer=form, unknown_bytes=unknown)
 
 
-def _field(reader: gguf.GGUFReader, key: str, default=None):
-    f = reader.get_field(key)
-    return default if f is None else f.contents()
-
-
 def tokenizer_json_from_gguf(path: Path) -> dict:
     """A Hugging Face tokenizer.json rebuilt from a Metis GGUF's tokenizer keys alone."""
-    reader = gguf.GGUFReader(path)
-    tokens: list[str] = _field(reader, "tokenizer.ggml.tokens")
-    types: list[int] = _field(reader, "tokenizer.ggml.token_type")
-    merges: list[str] = _field(reader, "tokenizer.ggml.merges", [])
-    pre = by_name(_field(reader, "tokenizer.ggml.pre"))
-    if _field(reader, "tokenizer.ggml.model") != "gpt2" or pre is None:
+    from ..gguf_in import read_header
+
+    header = read_header(path)
+    tokens = header.array("tokenizer.ggml.tokens")
+    types = header.array("tokenizer.ggml.token_type")
+    merges = header.array("tokenizer.ggml.merges", [])
+    pre = by_name(header.get("tokenizer.ggml.pre"))
+    if header.get("tokenizer.ggml.model") != "gpt2" or pre is None:
         raise GgtoolError(f"{path}: not a byte-level BPE (`gpt2`) vocabulary with a known pre-tokenizer")
+    if not isinstance(tokens, list) or not isinstance(merges, list) or not hasattr(types, "dtype") \
+            or len(types) != len(tokens):
+        raise GgtoolError(f"{path}: tokenizer.ggml.tokens / token_type / merges are missing or do not match")
+    types = types.tolist()
+
+    def value(key: str, default=None):  # noqa: ANN001, ANN202
+        v = header.get(key, default)
+        if key.endswith("_token_id") and v is not None and not (isinstance(v, int) and 0 <= v < len(tokens)):
+            raise GgtoolError(f"{path}: {key} {v!r} is not a token id")
+        return v
+
     pre_tok = definition(pre)
-    unk = _field(reader, "tokenizer.ggml.unknown_token_id")
-    bos = _field(reader, "tokenizer.ggml.bos_token_id")
-    eos = _field(reader, "tokenizer.ggml.eos_token_id")
-    add_bos, add_eos = _field(reader, "tokenizer.ggml.add_bos_token"), _field(reader, "tokenizer.ggml.add_eos_token")
+    unk = value("tokenizer.ggml.unknown_token_id")
+    bos = value("tokenizer.ggml.bos_token_id")
+    eos = value("tokenizer.ggml.eos_token_id")
+    add_bos, add_eos = value("tokenizer.ggml.add_bos_token"), value("tokenizer.ggml.add_eos_token")
     single = ([{"SpecialToken": {"id": tokens[bos], "type_id": 0}}] if add_bos else []) \
         + [{"Sequence": {"id": "A", "type_id": 0}}] \
         + ([{"SpecialToken": {"id": tokens[eos], "type_id": 0}}] if add_eos else [])
     specials = {tokens[i]: {"id": tokens[i], "ids": [i], "tokens": [tokens[i]]}
                 for i in (bos, eos) if i is not None}
-    normalizer = _field(reader, NORMALIZER_KEY, "none")
+    normalizer = value(NORMALIZER_KEY, "none")
     return {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,

@@ -1,7 +1,7 @@
 """Metis-1.5's forward pass in numpy, written from reference/models.md §4.4 (jax_metis.py), for `verify`.
 
 The forward looks weights up by checkpoint name, in the checkpoint's own [in, out] layout. The two
-loaders (the checkpoint itself, and a GGUF read back with gguf-py, its keys included) differ only in
+loaders (the checkpoint itself, and a GGUF read back with ggtool's GGUF reader, its keys included) differ only in
 where the numbers come from, so a lossless GGUF gives bit-identical logits. Everything runs in
 float32 (the release computes in bf16), one layer's weights at a time.
 """
@@ -22,8 +22,7 @@ Weights = Callable[[str], np.ndarray]  # checkpoint tensor name -> float32 array
 
 # GGUF keys the reference needs, and the values whose semantics it implements
 _REQUIRED_SEMANTICS = {"expert_gating_func": int(gguf.ExpertGatingFuncType.SIGMOID), "expert_weights_norm": True,
-                       "expert_weights_scale": 1.0, "rope.type": "neox", "expert_activation": "relu_sqr",
-                       "expert_shared_activation": "relu_sqr", "expert_shared_count": 1}
+                       "expert_weights_scale": 1.0, "expert_shared_count": 1}
 
 
 def checkpoint_weights(ckpt: Checkpoint) -> tuple[MetisDims, Weights]:
@@ -33,28 +32,28 @@ def checkpoint_weights(ckpt: Checkpoint) -> tuple[MetisDims, Weights]:
 
 def gguf_weights(path: Path) -> tuple[MetisDims, Weights]:
     """Sizes from the GGUF's `metis.*` keys and weights from its tensors, mapped back to checkpoint names."""
-    try:
-        reader = gguf.GGUFReader(path)
-    except (ValueError, OSError) as e:
-        raise GgtoolError(f"{path}: not a readable GGUF file ({e})") from None
+    from ..gguf_in import read_header, tensor_data
+
+    header = read_header(path)
 
     def key(name: str):
-        f = reader.get_field(f"metis.{name}")
-        if f is None:
+        if header.get(f"metis.{name}") is None:
             raise GgtoolError(f"{path}: GGUF key metis.{name} is missing", "was this file written by ggtool convert?")
-        return f.contents()
+        return header.get(f"metis.{name}")
 
-    arch = reader.get_field("general.architecture")
-    if arch is None or arch.contents() != "metis":
-        raise GgtoolError(f"{path}: architecture {arch.contents() if arch else None!r} is not metis")
+    arch = header.get("general.architecture")
+    if arch != "metis":
+        raise GgtoolError(f"{path}: architecture {arch!r} is not metis")
     for name, value in _REQUIRED_SEMANTICS.items():
         if key(name) != value:
             raise GgtoolError(f"{path}: metis.{name}={key(name)!r}, but the reference computes {value!r}")
-    tensors = {t.name: t for t in reader.tensors}
+    tensors = {t.name: t for t in header.tensors}
     d = MetisDims(n_layer=key("block_count"), n_head=key("attention.head_count"),
                   n_head_kv=key("attention.head_count_kv"), head_dim=key("attention.key_length"),
                   top_k=key("expert_used_count"), rope_theta=key("rope.freq_base"), n_ctx=key("context_length"),
                   eps=key("attention.layer_norm_rms_epsilon"), tied="output.weight" not in tensors)
+    if not isinstance(d.n_layer, int) or not 0 < d.n_layer <= len(tensors):  # sizes the loop below
+        raise GgtoolError(f"{path}: metis.block_count {d.n_layer!r} does not fit its {len(tensors)} tensors")
     names = {src: dst for src, (dst, _) in GLOBAL_TENSORS.items()}
     names[LM_HEAD[0]] = LM_HEAD[1]
     for b in range(d.n_layer):
@@ -64,7 +63,7 @@ def gguf_weights(path: Path) -> tuple[MetisDims, Weights]:
         if names.get(src) not in tensors:
             raise GgtoolError(f"{path}: tensor {names.get(src)} is missing (the checkpoint's {src})")
         t = tensors[names[src]]
-        arr = gguf.quants.dequantize(t.data, t.tensor_type).reshape([int(n) for n in reversed(t.shape)])
+        arr = gguf.quants.dequantize(tensor_data(header, t), t.type).reshape([int(n) for n in reversed(t.shape)])
         if arr.ndim >= 2 and src not in NOT_TRANSPOSED:
             arr = np.swapaxes(arr, -1, -2)  # back to [in, out]
         return np.ascontiguousarray(arr, dtype=np.float32)
@@ -111,15 +110,22 @@ def squared_relu(x: np.ndarray) -> np.ndarray:
     return np.square(np.maximum(x, np.float32(0)))
 
 
-def latent_moe(y: np.ndarray, w: Weights, d: MetisDims, b: int) -> np.ndarray:
-    """Sigmoid router on y (bias for selection only, unbiased weights renormalised), experts in the latent."""
+def route(y: np.ndarray, w: Weights, d: MetisDims, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid router on y: the chosen experts [tokens, top_k] (by score + bias: the bias only selects) and
+    their weights (the unbiased scores, renormalised)."""
     p = f"layers.{b}."
-    z = y @ w(p + "latent_down")
     with np.errstate(over="ignore"):  # exp overflow for very negative logits just means a score of 0
         scores = np.float32(1) / (np.float32(1) + np.exp(-(y @ w(p + "router"))))
     choice = np.argsort(-(scores + w(p + "router_bias")), axis=-1, kind="stable")[:, :d.top_k]  # ties: lower id
     top = np.take_along_axis(scores, choice, axis=-1)
-    weights = top / np.maximum(top.sum(axis=-1, keepdims=True), np.float32(1e-6))
+    return choice, top / np.maximum(top.sum(axis=-1, keepdims=True), np.float32(1e-6))
+
+
+def latent_moe(y: np.ndarray, w: Weights, d: MetisDims, b: int) -> np.ndarray:
+    """The routed experts inside the latent (up-projected once after the weighted sum) plus the shared expert."""
+    p = f"layers.{b}."
+    z = y @ w(p + "latent_down")
+    choice, weights = route(y, w, d, b)
     w1, w2 = w(p + "expert_w1"), w(p + "expert_w2")
     routed = np.zeros_like(z)
     for e in range(w1.shape[0]):

@@ -17,6 +17,7 @@ import llama_cpp.llama_cpp as L
 import numpy as np
 
 from ..errors import GgtoolError
+from . import interrupt
 from .model import ContextOptions, LlamaModel
 
 _lib = L._lib
@@ -112,11 +113,11 @@ class ImatrixCollector:
         return weight_name(ctypes.string_at(src0 + _OFF_NAME)).startswith("blk.")
 
     def _on_node(self, ptr: int, ask: bool, user_data: int) -> bool:
-        if ask:
-            return self._wanted(ptr)
-        if self.error:
-            return False
+        if self.error or interrupt.pending():
+            return False  # Ctrl-C: stop computing; the decode's caller raises KeyboardInterrupt
         try:
+            if ask:
+                return self._wanted(ptr)
             t = GgmlTensor.from_address(ptr)
             if t.op == OP_MUL_MAT_ID:
                 self._add_mul_mat_id(t)
@@ -126,6 +127,9 @@ class ImatrixCollector:
         except Exception as e:  # noqa: BLE001 - an exception cannot cross the C boundary: report after decode
             self.error = str(e)
             return False  # stops the rest of this graph split
+        except BaseException as e:  # noqa: BLE001 - e.g. KeyboardInterrupt: raised when the decode returns
+            interrupt.record(e)
+            return False
 
     def _entry(self, name: str, n_mat: int, ne0: int) -> Accumulator:
         acc = self.stats.get(name)

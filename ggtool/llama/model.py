@@ -19,7 +19,7 @@ import llama_cpp.llama_cpp as L
 import numpy as np
 
 from ..errors import GgtoolError
-from . import rpc
+from . import interrupt, rpc
 
 GGML_TYPE_IDS = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2, "bf16": 30}
 
@@ -27,6 +27,7 @@ _LOG: deque[str] = deque(maxlen=20000)  # room for a load's debug lines (buffer 
 
 
 @L.llama_log_callback
+@interrupt.guard(None)
 def _capture_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     _LOG.append(text.decode("utf-8", errors="replace"))
 
@@ -146,7 +147,7 @@ class LlamaModel:
             params.tensor_buft_overrides = ctypes.cast(arr, ctypes.c_void_p)
             self._keep.append(arr)
         _LOG.clear()
-        self._model = L.llama_model_load_from_file(str(self.path).encode(), params)
+        self._model = interrupt.call(L.llama_model_load_from_file, str(self.path).encode(), params)
         if not self._model:
             raise GgtoolError(f"{self.path}: llama.cpp could not load it: {_last_error()}")
         self._vocab = L.llama_model_get_vocab(self._model)
@@ -214,6 +215,7 @@ class LlamaModel:
                               L.LLAMA_FLASH_ATTN_TYPE_ENABLED if opts.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         if opts.cb_eval is not None:
             cp.cb_eval = opts.cb_eval
+        cp.abort_callback = interrupt.ABORT  # Ctrl-C stops a decode between graph nodes
         ctx = L.llama_init_from_model(self._model, cp)
         if not ctx:
             raise GgtoolError(f"{self.path}: llama.cpp could not create a context: {_last_error()}")
@@ -230,7 +232,7 @@ class LlamaModel:
                 batch.seq_id[i][0] = 0
                 batch.logits[i] = all_logits or i == len(tokens) - 1
             batch.n_tokens = len(tokens)
-            rc = L.llama_decode(ctx, batch)
+            rc = interrupt.call(L.llama_decode, ctx, batch)
             if rc != 0:
                 raise GgtoolError(f"llama_decode failed with code {rc}: {_last_error()}")
         finally:
@@ -278,7 +280,7 @@ class LlamaModel:
                     break
                 yield tok
                 one[0] = tok
-                rc = L.llama_decode(ctx, L.llama_batch_get_one(one, 1))
+                rc = interrupt.call(L.llama_decode, ctx, L.llama_batch_get_one(one, 1))
                 if rc != 0:
                     raise GgtoolError(f"llama_decode failed with code {rc}: {_last_error()}")
         finally:

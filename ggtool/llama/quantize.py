@@ -1,4 +1,5 @@
-"""llama_model_quantize with an importance matrix, tensor-type overrides and KV overrides, through ctypes.
+"""llama_model_quantize with an importance matrix, tensor-type overrides and KV overrides, through ctypes,
+run in a worker process (ggtool.llama.worker) so that Ctrl-C stops it.
 
 llama.cpp reads every array below through raw pointers during the call, so each ctypes array, bytes
 object and numpy buffer is kept in `keep` until the call returns.
@@ -7,6 +8,7 @@ object and numpy buffer is kept in `keep` until the call returns.
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 from pathlib import Path
 
@@ -53,16 +55,12 @@ def _kv_array(kvs: list[tuple[str, str | int]]) -> ctypes.Array:
     return arr
 
 
-def quantize_file(src: Path, dest: Path, ftype: int, imatrix: dict[str, np.ndarray] | None = None,
-                  tensor_types: list[tuple[str, int]] = (), kv_overrides: list[tuple[str, str | int]] = (),
-                  nthread: int = 0, dry_run: bool = False) -> None:
-    """llama_model_quantize(src → dest) as llama-quantize calls it; raises with llama.cpp's reason on failure.
-    `dry_run`: nothing is written, llama.cpp logs each tensor's type and size (see planned_types)."""
+def _params(ftype: int, imatrix: dict[str, np.ndarray] | None, tensor_types: list[tuple[str, int]],
+            kv_overrides: list[tuple[str, str | int]], nthread: int, keep: list, dry_run: bool = False) -> L.llama_model_quantize_params:
     params = L.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = nthread
     params.dry_run = dry_run
-    keep: list = []
     if imatrix:
         arr = _imatrix_array(imatrix, keep)
         keep.append(arr)
@@ -75,17 +73,72 @@ def quantize_file(src: Path, dest: Path, ftype: int, imatrix: dict[str, np.ndarr
         arr = _override_array(list(tensor_types), keep)
         keep.append(arr)
         params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(L.llama_model_tensor_override))
+    return params
+
+
+def _call_quantize(src: str, dest: str, ftype: int, imatrix: dict | None, tensor_types: list,
+                   kv_overrides: list, nthread: int) -> tuple[bool, object]:
+    """llama_model_quantize itself (in the worker process): (True, its type fallbacks), else (False, llama.cpp's
+    reason)."""
+    keep: list = []
+    params = _params(ftype, imatrix, tensor_types, kv_overrides, nthread, keep)
     _model._LOG.clear()
-    rc = L.llama_model_quantize(str(src).encode(), str(dest).encode(), ctypes.byref(params))
+    rc = L.llama_model_quantize(src.encode(), dest.encode(), ctypes.byref(params))
     if rc != 0:
-        raise GgtoolError(f"{src}: llama.cpp could not quantize it: {_model._last_error()}")
+        return False, _model._last_error()
+    return True, fallbacks(_model.log_lines())
+
+
+_FALLBACK = re.compile(r"warning: (\S+)\s+- ncols\s+\d+ not divisible by\s+\d+ \(required for type\s+(\w+)\).*"
+                       r"-> falling back to\s+(\w+)")
+
+
+def fallbacks(lines: list[str]) -> list[tuple[str, str, str]]:
+    """llama-quant.cpp's tensor_type_fallback warnings: (tensor, wanted type, type used)."""
+    return [(m[1], m[2].upper(), m[3].upper()) for ln in lines if (m := _FALLBACK.search(ln))]
+
+
+def quantize_file(src: Path, dest: Path, ftype: int, imatrix: dict[str, np.ndarray] | None = None,
+                  tensor_types: list[tuple[str, int]] = (), kv_overrides: list[tuple[str, str | int]] = (),
+                  nthread: int = 0) -> list[tuple[str, str, str]]:
+    """llama_model_quantize(src → dest) as llama-quantize calls it, in a worker process that Ctrl-C (or any
+    exception here) stops at once; raises with llama.cpp's reason on failure, or says the disk is full.
+    Returns the tensors llama.cpp had to give another type than its recipe's (row length not a multiple of
+    the type's block): (tensor, wanted type, type used)."""
+    from . import worker
+
+    args = {"src": str(src), "dest": str(dest), "ftype": int(ftype),
+            "imatrix": {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in imatrix.items()} if imatrix else None,
+            "tensor_types": [(str(p), int(t)) for p, t in tensor_types],
+            "kv_overrides": [(str(k), v) for k, v in kv_overrides], "nthread": int(nthread)}
+    ok, answer = worker.run({"job": "quantize", "args": args}, str(src))
+    if ok:
+        return [tuple(f) for f in answer]
+    if _disk_full(dest):
+        name = re.sub(r"^\.(.+)\.\d+\.partial$", r"\1", dest.name)  # the final name, not atomic_output's
+        raise GgtoolError(f"{dest.parent}: no space left on device while writing {name}",
+                          "free some space or choose another output folder")
+    raise GgtoolError(f"{src}: llama.cpp could not quantize it: {answer}")
+
+
+def _disk_full(dest: Path) -> bool:
+    """Whether the file system that holds `dest` has (practically) no room left for an unprivileged writer."""
+    try:
+        st = os.statvfs(dest.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
 
 
 def planned_types(src: Path, ftype: int, tensor_types: list[tuple[str, int]] = (),
                   imatrix: dict[str, np.ndarray] | None = None) -> dict[str, str]:
-    """The type llama.cpp would give each tensor of `src` (llama-quantize --dry-run), by tensor name; tensors it
-    leaves as they are (norms, the router, ...) are not listed."""
-    quantize_file(src, src, ftype, imatrix, tensor_types, dry_run=True)
+    """The type llama.cpp would give each tensor of `src` (llama-quantize --dry-run: nothing is written, so this
+    runs in this process), by tensor name; tensors it leaves as they are (norms, the router, ...) are not listed."""
+    keep: list = []
+    params = _params(ftype, imatrix, list(tensor_types), [], 0, keep, dry_run=True)
+    _model._LOG.clear()
+    if L.llama_model_quantize(str(src).encode(), str(src).encode(), ctypes.byref(params)) != 0:
+        raise GgtoolError(f"{src}: llama.cpp could not plan its quantization: {_model._last_error()}")
     out = {}
     for line in _model.log_lines():
         m = re.match(r"\[\s*\d+/\s*\d+\]\s+(\S+)\s+-.*->.*\((\w+)\)\s*$", line)

@@ -84,6 +84,8 @@ class ModelShape:
     n_ctx_train: int
     tensors: list[Tensor]
     file_type: str = ""
+    moe_latent: int = 0  # width the routed experts work in (moe_latent_size; 0: n_embd)
+    n_ff_shexp: int = 0  # shared expert width (computed beside the routed experts)
 
     @property
     def n_embd_k_gqa(self) -> int:
@@ -118,6 +120,8 @@ def read_gguf(path: Path) -> ModelShape:
         n_used = int(g("expert_used_count", 0))
         n_ff_exp = int(g("expert_feed_forward_length", g("feed_forward_length", 0)))
         n_ctx_train = int(g("context_length", 4096))
+        latent = int(g("moe_latent_size", 0))
+        n_ff_shexp = int(g("expert_shared_feed_forward_length", 0))
         ft = header.get("general.file_type")
     except (TypeError, ValueError, ZeroDivisionError) as e:  # keys missing or of the wrong type: one clear line
         raise GgtoolError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})",
@@ -136,7 +140,7 @@ def read_gguf(path: Path) -> ModelShape:
         raise GgtoolError(f"{path}: {n_used} experts used of {n_expert}", "the file is corrupted")
     file_type = gguf.LlamaFileType(int(ft)).name.replace("MOSTLY_", "") if ft is not None else ""
     return ModelShape(path.name, arch, n_layer, n_embd, n_head, n_head_kv, hk, hv, n_vocab, n_expert, n_used,
-                      n_ff_exp, n_ctx_train, tensors, file_type)
+                      n_ff_exp, n_ctx_train, tensors, file_type, latent, n_ff_shexp)
 
 
 # -- shapes from a source checkpoint's config.json plus llama.cpp's quantization recipe -------------------------
@@ -389,6 +393,12 @@ def compute_bytes(shape: ModelShape, p: Placement, holds_layers: bool, holds_out
     VI = ub * 8 if fa else ub * shape.n_embd_v_gqa * 8
     F = shape.n_ff_exp * max(shape.n_expert_used, 1) * ub * 4 if shape.n_expert else shape.n_ff_exp * ub * 4
     S = ub * 20
+    # metis (moe_latent_size): the routed experts' inputs and outputs are latent-wide, and an ungated shared
+    # expert of width n_ff_shexp runs beside them on the full-width state
+    El = (shape.moe_latent or shape.n_embd) * ub * 4
+    Fs = shape.n_ff_shexp * ub * 4
+    # attention without q/k norms (llama-style) keeps one hidden-state-sized tensor fewer than OLMoE's
+    A = 6 * E if any(".attn_q_norm." in t.name for t in shape.tensors) else 5 * E
     phases = []
     if is_host:
         inputs = M + VI + S
@@ -403,11 +413,13 @@ def compute_bytes(shape: ModelShape, p: Placement, holds_layers: bool, holds_out
             phases.append(2 * E + 3 * F)
     else:
         if holds_layers:
-            phases.append(M + 6 * E if fa else KQ + M + 6 * E)
+            phases.append(M + A if fa else KQ + M + A)
             # when it runs the experts, their outputs [n_embd, n_used, ub] and the routing-weighted copy
             # (ggml_mul, not in place) are live together: 2·n_used·E, more than 3F for wide models with top-k ≥ 4
-            weighted = 2 * shape.n_expert_used * E if computes_experts else 0
+            weighted = 2 * shape.n_expert_used * El if computes_experts else 0
             phases.append(2 * E + max(3 * F, weighted) + offload_copy)
+            if Fs:
+                phases.append(3 * E + 2 * Fs)
         if holds_output:
             # with FA and a hidden state arriving from the CPU, ggml-alloc's layout costs one extra E in some
             # layer splits and none in others (measured both ways): predict half of it
@@ -438,6 +450,16 @@ def predict(shape: ModelShape, p: Placement, devices: list[Device]) -> Predictio
         else:
             usage[dev].model += pad(t.n_bytes, dev_by_name[dev].align)
             usage[dev].read_per_token += read
+    emb = next((t for t in shape.tensors if t.name == "token_embd.weight"), None)
+    out_dev = where[shape.n_layer]
+    if emb is not None and not any(t.name == "output.weight" for t in shape.tensors):
+        # tied output: llama.cpp loads token_embd a second time as the output layer's matrix (TENSOR_DUPLICATED),
+        # a copy on a device, the same mapped pages on the host
+        if out_dev == "CPU":
+            host.read_per_token += emb.n_bytes
+        else:
+            usage[out_dev].model += pad(emb.n_bytes, dev_by_name[out_dev].align)
+            usage[out_dev].read_per_token += emb.n_bytes
     repacked = [t for t in cpu_tensors if p.repack and t.type in REPACK_TYPES and len(t.shape) >= 2
                 and t.shape[1] % 8 == 0 and not t.name.startswith("token_embd.")]  # GET_ROWS is not repacked
     mapped = [t for t in cpu_tensors if t not in repacked]
