@@ -205,7 +205,7 @@ def plan_cmd(model: Path = typer.Argument(..., help="GGUF file, or a checkpoint 
     global out  # with --json - the tables go to stderr: stdout carries the JSON only
     if json_out is not None and str(json_out) == "-":
         out = err
-    from .plan.export import llama_cpp_flags, llama_cpp_python_kwargs, ollama_parameters, plan_json, write_plan
+    from .plan.export import llama_cpp_flags, llama_cpp_python_kwargs, ollama_setup, plan_json, write_plan
     from .plan.memory import Device, from_config, read_gguf
     from .plan.search import Budget, plan as run_plan
 
@@ -272,9 +272,25 @@ def plan_cmd(model: Path = typer.Argument(..., help="GGUF file, or a checkpoint 
         out.print(f"[yellow]given up:[/] {g}")
     out.print(f"[bold]llama.cpp:[/] {llama_cpp_flags(p, rpc)}", soft_wrap=True, highlight=False)
     out.print(f"[bold]llama-cpp-python:[/] {llama_cpp_python_kwargs(p)}", soft_wrap=True, highlight=False)
-    out.print(f"[bold]Ollama Modelfile:[/] {ollama_parameters(p).replace(chr(10), '; ')}", highlight=False)
+    data = plan_json(r, str(model), rpc)
+    _print_ollama(ollama_setup(data))
     if json_out is not None:
-        _write_json(json_out, plan_json(r, str(model), rpc), write_plan)
+        _write_json(json_out, data, write_plan)
+
+
+def _print_ollama(setup) -> None:  # noqa: ANN001
+    from .plan.export import OLLAMA_TARGET
+
+    params = "; ".join(f"PARAMETER {k} {v}" for k, v in setup.parameters.items())
+    out.print(f"[bold]Ollama Modelfile ({OLLAMA_TARGET}):[/] {params}", highlight=False, soft_wrap=True)
+    env = " ".join(f"{k}='{v}'" for k, v in setup.env.items())
+    out.print(f"[bold]Ollama server environment (server-wide, `ggtool modelfile --plan` writes ollama.env):[/] {env}",
+              highlight=False, soft_wrap=True)
+    if setup.layers_only:
+        lo = setup.layers_only
+        out.print(f"[bold]Ollama without server environment:[/] whole layers only, PARAMETER num_gpu {lo['num_gpu']} "
+                  f"≈{lo['tokens_per_s']:.1f} tokens/s (vs ≈{setup.tokens_per_s:.1f} with the plan)",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command("rpc-server")
@@ -382,11 +398,25 @@ def quantize(model: Path = typer.Argument(..., help="GGUF model (F16/BF16/F32)")
              imatrix_file: Path = typer.Option(None, "--imatrix", help="importance matrix (GGUF or legacy .dat)"),
              tensor_types: list[str] = typer.Option([], "--tensor-type", help="REGEX=TYPE override (repeatable)"),
              output: Path = typer.Option(..., "-o", "--output", help="folder for <Basename>-<SizeLabel>-<TYPE>.gguf"),
-             threads: int = typer.Option(0, "--threads", help="CPU threads (0: all)")) -> None:
-    """Quantize with llama.cpp's recipes, calibrated with an importance matrix."""
+             threads: int = typer.Option(0, "--threads", help="CPU threads (0: all)"),
+             target_bpw: float = typer.Option(None, "--target-bpw", help="ggtool's own mix at these bits per "
+                                              "weight instead of --types: a type per tensor group, by measured KL"),
+             target_size: str = typer.Option(None, "--target-size", help="ggtool's own mix at this file size "
+                                             "(bytes, or e.g. 3.7MiB, 4G)"),
+             calibration: list[Path] = typer.Option(None, "--calibration", help="text the mix's sensitivities are "
+                                                    "measured on (default imatrix_data/calibration.txt)"),
+             candidates: str = typer.Option(None, "--mix-types", help="the tensor types a mix may use, comma-"
+                                            "separated (default IQ2_XXS,IQ2_XS,IQ2_S,IQ3_XXS,IQ3_S,IQ4_XS,Q4_K,Q5_K,"
+                                            "Q6_K,Q8_0)")) -> None:
+    """Quantize with llama.cpp's recipes, calibrated with an importance matrix (or with ggtool's own mix)."""
     from .quantize import quantize as run_quantize
 
     check("--threads", threads)
+    if target_bpw is not None or target_size is not None:
+        _quantize_mix(model, output, imatrix_file, tensor_types, threads, target_bpw, target_size, calibration,
+                      [c for c in (candidates or "").split(",") if c.strip()])
+        return
+
     with Progress(TextColumn("[bold]quantize[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/"
                   "{task.total}"), console=err, transient=True,
                   disable=not err.is_terminal) as bar:
@@ -413,6 +443,36 @@ def quantize(model: Path = typer.Argument(..., help="GGUF model (F16/BF16/F32)")
     for v in done:
         table.add_row(v.type, str(v.path), human(v.size_bytes), f"{v.seconds:.1f}")
     out.print(table)
+
+
+def _quantize_mix(model: Path, output: Path, imatrix_file: Path | None, tensor_types: list[str], threads: int,
+                  target_bpw: float | None, target_size: str | None, calibration: list[Path] | None,
+                  candidates: list[str]) -> None:
+    from .quantize import quantize_to_size
+
+    if target_bpw is not None and target_size is not None:
+        raise typer.BadParameter("give --target-bpw or --target-size, not both")
+    if target_bpw is not None and not 1.0 <= target_bpw <= 16.0:
+        raise typer.BadParameter(f"--target-bpw {target_bpw}: choose between 1 and 16")
+    size = _parse_size(target_size) if target_size is not None else None
+    with Progress(TextColumn("[bold]mix[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                  "{task.total}"), console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("", total=None)
+        r = quantize_to_size(model, output, target_bytes=size, target_bpw=target_bpw, imatrix=imatrix_file,
+                             tensor_types=tensor_types, calibration=calibration or None, nthread=threads,
+                             candidates=candidates or None,
+                             progress=lambda what, d, n: bar.update(task, completed=d, total=n, description=what))
+    table = Table(title=f"{r.label}: a type per tensor group, chosen by KL on {r.sensitivities.n_tokens} "
+                        "calibration tokens")
+    for col, just in (("group", "left"), ("params", "right"), ("type", "left"), ("KL alone", "right")):
+        table.add_column(col, justify=just)
+    for g, n, t, kl in r.rows:
+        table.add_row(g, f"{n:,}", t, f"{kl:.5f}")
+    out.print(table)
+    target = f"target {human(r.target_bytes)}" if size is not None else f"target {target_bpw:.2f} bpw"
+    out.print(f"[green]wrote[/] {r.path}  ({human(r.size_bytes)}, {r.bpw:.2f} bpw, {target}; calibration KL "
+              f"{r.confirmed_kl:.5f} measured, {r.predicted_kl:.5f} predicted; {r.sensitivities.passes} sensitivity "
+              f"passes, {r.seconds_total:.1f} s)", soft_wrap=True)
 
 
 def _quality_table(r, ctx: int) -> Table:
@@ -473,7 +533,9 @@ def ladder(src: Path = typer.Argument(None, help="checkpoint folder or base GGUF
                                                   help="calibration text (default imatrix_data/calibration.txt)"),
            heldout: Path = typer.Option(None, "--heldout", help="held-out text (default imatrix_data/heldout.txt)"),
            outtype: str = typer.Option("f16", "--outtype", help="base GGUF type: f16 | bf16 | f32"),
-           ctx: int = typer.Option(512, "--ctx", help="tokens per chunk for calibration and evaluation")) -> None:
+           ctx: int = typer.Option(512, "--ctx", help="tokens per chunk for calibration and evaluation"),
+           mix: bool = typer.Option(False, "--mix", help="beside each type, ggtool's own mix at that file's size "
+                                    "(<...>-<TYPE>-MIX.gguf)")) -> None:
     """Convert → importance matrix → the quantization ladder → quality table; finished steps are skipped."""
     from . import DEFAULT_MODEL
     from .ladder import ladder as run_ladder
@@ -492,7 +554,7 @@ def ladder(src: Path = typer.Argument(None, help="checkpoint folder or base GGUF
 
         r = run_ladder(src or DEFAULT_MODEL, output, [t for t in types.split(",") if t.strip()],
                        calibration=calibration or None, heldout=heldout, outtype=outtype, chunk_size=ctx,
-                       eval_ctx=ctx, progress=progress, on_step=on_step)
+                       eval_ctx=ctx, mix=mix, progress=progress, on_step=on_step)
     out.print(_quality_table(r.report, ctx))
     out.print(f"[green]ladder in[/] {r.out_dir}  (importance matrix {r.imatrix.name}, quality.json)")
 
@@ -500,18 +562,28 @@ def ladder(src: Path = typer.Argument(None, help="checkpoint folder or base GGUF
 @app.command()
 def modelfile(model: Path = typer.Argument(..., help="GGUF file"),
               output: Path = typer.Option(..., "-o", "--output", help="Modelfile to write"),
-              plan: Path = typer.Option(None, "--plan", help="plan JSON from `ggtool plan` (num_ctx, num_gpu)"),
+              plan: Path = typer.Option(None, "--plan", help="plan JSON from `ggtool plan` (also writes ollama.env: "
+                                        "the server environment that realises it)"),
               strict: bool = typer.Option(False, "--strict", help="also refuse templates that trim message content"),
               force: bool = typer.Option(False, "--force", help="write it even if llama.cpp's template engine "
-                                         "renders the template unlike jinja2")
+                                         "renders the template unlike jinja2"),
+              template: str = typer.Option("auto", "--template", help="auto | go | jinja: a Go TEMPLATE, or none "
+                                           "(Ollama >= 0.30 renders the GGUF's Jinja); auto: jinja when the chat "
+                                           "template has tools or thinking")
               ) -> None:
-    """Write an Ollama Modelfile whose TEMPLATE reproduces the GGUF's chat template exactly."""
+    """Write an Ollama Modelfile (for Ollama >= 0.30) whose TEMPLATE reproduces the GGUF's chat template exactly."""
     from .ollama import write_modelfile
 
     refuse_inputs(output, [("the model", model), ("the plan", plan)])
-    r = write_modelfile(model, output, plan, strict, force)
+    r = write_modelfile(model, output, plan, strict, force, template)
     for note in r.notes:
         err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    if r.template is not None:
+        out.print(f"template: {r.template.describe()}", highlight=False, soft_wrap=True)
+    if r.env_path is not None:
+        out.print(f"[bold]server environment (server-wide: every model `ollama serve` loads)[/] {r.env_path}:",
+                  highlight=False)
+        out.print(r.env_text, end="", markup=False, highlight=False, soft_wrap=True)
     out.print(f"[green]wrote[/] {r.dest}  (ollama create NAME -f {r.dest})")
 
 
@@ -527,20 +599,26 @@ def export_lmstudio(models: list[Path] = typer.Argument(..., help="GGUF files (v
                     link: bool = typer.Option(True, "--link/--copy", help="hard-link the files (else copy them)"),
                     force: bool = typer.Option(False, "--force", help="export even if @huggingface/jinja or "
                                                "llama.cpp renders the chat template unlike jinja2"),
+                    hub_repo: str = typer.Option(None, "--hub-repo", help="org/name the files are published in "
+                                                 "(`ggtool publish`): also write a model.yaml pointing at it"),
                     replace: bool = typer.Option(False, "--replace", help="write into a folder that holds files "
                                                  "ggtool did not place there (they are left alone; same-named ones "
                                                  "are replaced)")) -> None:
-    """Place GGUF variants where LM Studio finds them (<root>/PUBLISHER/MODEL/) with a model.yaml."""
+    """Place GGUF variants where LM Studio finds them (<root>/PUBLISHER/MODEL/); model.yaml only for a Hub repo."""
     from .lmstudio import export
 
-    r = export(models, publisher, model, root, link, force, replace=replace)
+    r = export(models, publisher, model, root, link, force, hub_repo, replace=replace)
     for w in r.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     for note in r.notes:
         err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     for f in r.files:
         out.print(f"[green]placed[/] {f}")
-    out.print(f"[green]wrote[/] {r.model_yaml}")
+    if r.model_yaml is not None:
+        out.print(f"[green]wrote[/] {r.model_yaml}")
+    else:
+        out.print("no model.yaml: LM Studio finds local files by the folder layout, and its model.yaml can only "
+                  "point at a Hub repo (--hub-repo); sampling and context travel in the GGUF", highlight=False)
 
 
 @app.command()
@@ -551,7 +629,11 @@ def publish(folder: Path = typer.Argument(..., help="ladder folder (*.gguf, qual
             recommend: list[str] = typer.Option([], "--recommend", help="BUDGET=FILE for the card's 'which file "
                                                 "for your memory' table, e.g. '1 GiB VRAM + 6 GiB RAM=M-IQ3_M.gguf'"),
             force: bool = typer.Option(False, "--force", help="publish even if an engine users run (llama.cpp, "
-                                       "@huggingface/jinja) renders a chat template unlike jinja2")
+                                       "@huggingface/jinja) renders a chat template unlike jinja2"),
+            base_model: str = typer.Option(None, "--base-model", help="the Hub repo the files were converted from "
+                                           "(card's base_model; default: the source repo the GGUF records)"),
+            quantized_by: str = typer.Option(None, "--quantized-by", help="card's quantized_by (default: the "
+                                             "repo's owner)")
             ) -> None:
     """Upload a ladder folder to the Hugging Face Hub with a generated model card."""
     from .hub import publish as run_publish
@@ -559,7 +641,8 @@ def publish(folder: Path = typer.Argument(..., help="ladder folder (*.gguf, qual
     pairs = [tuple(r.rsplit("=", 1)) for r in recommend]
     if any(len(p) != 2 for p in pairs):
         raise GgtoolError("--recommend takes BUDGET=FILE")
-    r = run_publish(folder, repo, private=private, dry_run=dry_run, recommendations=pairs or None, force=force)
+    r = run_publish(folder, repo, private=private, dry_run=dry_run, recommendations=pairs or None, force=force,
+                    base_model=base_model, quantized_by=quantized_by)
     for w in r.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     out.print(f"[green]{'card written' if dry_run else 'uploaded'}[/] {r.repo}: {len(r.files)} files "

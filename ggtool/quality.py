@@ -91,7 +91,8 @@ def file_facts(path: Path) -> FileFacts:
     ftype = int(header.get(gguf.Keys.General.FILE_TYPE, -1))
     n_bytes = sum(t.n_bytes for t in header.tensors)
     n_params = sum(t.n_elements for t in header.tensors)
-    return FileFacts(FTYPE_NAMES.get(ftype, f"ftype {ftype}"), path.stat().st_size,
+    label = header.get("ggtool.mix.label")  # ggtool's own mix (mix.py): its label, not the nominal file type
+    return FileFacts(str(label) if label else FTYPE_NAMES.get(ftype, f"ftype {ftype}"), path.stat().st_size,
                      8 * n_bytes / n_params if n_params else float("nan"))
 
 

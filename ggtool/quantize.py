@@ -209,3 +209,39 @@ def quantize(model: Path | str, out_dir: Path | str, types: list[str] = DEFAULT_
             if progress:
                 progress(n, i, len(names), v)
     return done
+
+
+def quantize_to_size(model: Path | str, out_dir: Path | str, *, target_bytes: int | None = None,
+                     target_bpw: float | None = None, imatrix: Path | str | Imatrix | None = None,
+                     tensor_types: list[str] = (), calibration: list[Path] | None = None, nthread: int = 0,
+                     candidates: list[str] | None = None, progress: Callable[[str, int, int], None] | None = None):  # noqa: ANN201 (mix.MixResult)
+    """ggtool's own mix at a file size or bits per weight (see mix.py), into `out_dir` as
+    <Basename>-<SizeLabel>-MIX-<bpw>BPW.gguf; `tensor_types` still win over the mix."""
+    from .mix import CANDIDATES, choose_and_write
+
+    model, out_dir = Path(model), Path(out_dir)
+    tts = [parse_tensor_type(t) for t in tensor_types]
+    cands = CANDIDATES
+    if candidates:
+        names = [c.strip().upper() for c in candidates]
+        bad = [c for c in names if c not in TENSOR_TYPES or c not in gguf.GGMLQuantizationType.__members__]
+        if bad:
+            raise GgtoolError(f"--mix-types: unknown tensor type {bad[0]!r}", f"e.g. --mix-types {','.join(CANDIDATES)}")
+        cands = tuple(names)
+    shapes = _check_model(model)
+    im, label = _load_imatrix(imatrix, shapes, model)
+    if im is None:
+        _refuse_without_imatrix("Q8_0", tts, model)
+    kvs = imatrix_kv_overrides(im, label, len(im.means())) if im is not None else []
+    inputs = [("the input model", model),
+              ("the importance matrix", imatrix if isinstance(imatrix, (str, Path)) else None),
+              *[("the calibration text", c) for c in calibration or []]]
+
+    def dest(bpw: float) -> Path:
+        path = out_dir / output_name(model, f"MIX-{bpw:.2f}BPW")
+        refuse_inputs(path, inputs)
+        return path
+    with output_folder(out_dir):  # removed again if this run created it and fails
+        return choose_and_write(model, dest, target_bytes=target_bytes, target_bpw=target_bpw, imatrix=im,
+                                tensor_types=tts, kv_overrides=kvs, calibration=calibration, candidates=cands,
+                                n_threads=nthread, progress=progress)
