@@ -6,7 +6,12 @@ export CMAKE_ARGS ?= -DGGML_RPC=on
 
 .PHONY: install test demo bench fuzz clean llama-src template-engines
 
-install: $(VENV)/.installed llama-src template-engines
+# test harnesses: llama.cpp's own argument parser (the Ollama server environment test) and LM Studio's
+# model.yaml schema (npm @lmstudio/lms-shared-types, pinned by its package-lock.json)
+LLAMA_ARGS := build/llama_args/llama-args
+LMSTUDIO_NODE := tests/node/lmstudio/node_modules/.package-lock.json
+
+install: $(VENV)/.installed llama-src template-engines $(LLAMA_ARGS) $(LMSTUDIO_NODE)
 
 # the llama.cpp source the pinned llama-cpp-python vendors (tokenizer test vectors, templates, common/jinja):
 # fetched once with pip into ~/.cache/ggtool (or $$GGTOOL_LLAMA_SRC)
@@ -28,14 +33,21 @@ $(VENV)/.installed: pyproject.toml ggtool/llama/build.py $(wildcard patches/llam
 	$(PY) -m pip install -q "$$(cat $(VENV)/.llama-wheel)" -e '.[test]'
 	touch $@
 
+$(LLAMA_ARGS): tests/llama_args/main.cpp tests/llama_args/stubs.cpp tests/llama_args/build.sh $(VENV)/.installed
+	@python3 ggtool/llama/source.py >/dev/null
+	nice tests/llama_args/build.sh $(PY) $@
+
+$(LMSTUDIO_NODE): tests/node/lmstudio/package.json tests/node/lmstudio/package-lock.json
+	cd tests/node/lmstudio && npm ci --no-audit --no-fund --loglevel=error
+
 # the package as a user installs it, without extras (`pip install .`): tests/test_packaging.py runs every command
 # there, so a runtime import that pyproject.toml does not declare fails the suite (reinstalled when the source changes)
 VENV_MIN ?= .venv-min
 install: $(VENV_MIN)/.installed
 
-$(VENV_MIN)/.installed: pyproject.toml $(shell find ggtool -type f -not -path '*/__pycache__/*')
+$(VENV_MIN)/.installed: $(VENV)/.installed pyproject.toml $(shell find ggtool -type f -not -path '*/__pycache__/*')
 	test -x $(VENV_MIN)/bin/python || python3 -m venv $(VENV_MIN)
-	$(VENV_MIN)/bin/python -m pip install -q --upgrade-strategy only-if-needed .
+	$(VENV_MIN)/bin/python -m pip install -q --upgrade-strategy only-if-needed "$$(cat $(VENV)/.llama-wheel)" .
 	touch $@
 
 test: install

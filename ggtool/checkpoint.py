@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GgtoolError
+from .limits import check_config
 
 # safetensors dtype -> numpy dtype of the stored bytes (BF16 is kept as raw uint16 bits)
 _DTYPES = {
@@ -23,6 +24,7 @@ _DTYPES = {
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
     "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
 }
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")  # convert to GGUF float weights exactly (F64: when in range)
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
@@ -60,7 +62,33 @@ def _read_header(path: Path) -> tuple[dict, int]:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise GgtoolError(f"{path}: safetensors header is not valid JSON ({e.msg if hasattr(e, 'msg') else e})",
                               "re-download or re-save the checkpoint") from None
+        except RecursionError:
+            raise GgtoolError(f"{path}: safetensors header is nested too deeply to be a safetensors header",
+                              "re-download or re-save the checkpoint") from None
+    if not isinstance(header, dict):
+        raise GgtoolError(f"{path}: safetensors header is a JSON {type(header).__name__}, not an object",
+                          "re-download or re-save the checkpoint")
     return header, 8 + n
+
+
+def _entry(path: Path, name: str, info: object) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, each checked for its type."""
+    def bad(why: str) -> GgtoolError:
+        return GgtoolError(f"{path}: tensor {name}: {why} in the safetensors header", "the file is corrupt; "
+                           "re-download or re-save the checkpoint")
+
+    if not isinstance(info, dict):
+        raise bad(f"entry is a JSON {type(info).__name__}, not an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise bad("dtype missing or not a string")
+    if not isinstance(shape, list) or len(shape) > 8 or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape):
+        raise bad(f"shape {shape!r} is not a list of at most 8 sizes")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(
+            isinstance(o, int) and not isinstance(o, bool) for o in offsets) or not 0 <= offsets[0] <= offsets[1]:
+        raise bad(f"data_offsets {offsets!r} are not [begin, end] with 0 <= begin <= end")
+    return dtype, tuple(shape), offsets[0], offsets[1]
 
 
 class SafetensorsFile:
@@ -70,10 +98,12 @@ class SafetensorsFile:
         self.path = path
         header, self.data_start = _read_header(path)
         self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        if not isinstance(self.metadata, dict):
+            raise GgtoolError(f"{path}: safetensors __metadata__ is not an object", "re-download or re-save it")
         data_size = path.stat().st_size - self.data_start
         self.entries: dict[str, TensorEntry] = {}
         for name, info in header.items():
-            dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            dtype, shape, begin, end = _entry(path, name, info)
             if dtype not in _DTYPES:
                 raise GgtoolError(f"{path}: tensor {name} has unsupported dtype {dtype}")
             expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize
@@ -84,6 +114,13 @@ class SafetensorsFile:
                 raise GgtoolError(f"{path}: truncated: tensor {name} ends at byte {end} of the data section, "
                                   f"which has only {data_size}", "re-download or re-save the checkpoint")
             self.entries[name] = TensorEntry(path, dtype, shape, begin, end)
+        # every byte belongs to at most one tensor: overlapping ranges would give two tensors the same weights
+        spans = sorted((e.begin, e.end, n) for n, e in self.entries.items() if e.end > e.begin)
+        for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
+            if begin_b < end_a:
+                raise GgtoolError(f"{path}: tensors {a} and {b} overlap in the data section "
+                                  f"(bytes {begin_b}–{end_a})",
+                                  "the file is corrupt; re-download or re-save the checkpoint")
         self._map: mmap.mmap | None = None
 
     def array(self, name: str) -> np.ndarray:
@@ -121,6 +158,9 @@ class Checkpoint:
             self.config: dict = json.loads(config_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise GgtoolError(f"{config_path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        except (UnicodeDecodeError, RecursionError) as e:
+            raise GgtoolError(f"{config_path}: not a readable config.json ({type(e).__name__})") from None
+        check_config(self.config, str(config_path))
         self.files = self._weight_files()
         self.shards = [SafetensorsFile(p) for p in self.files]
         self.entries: dict[str, tuple[SafetensorsFile, TensorEntry]] = {}
@@ -131,7 +171,18 @@ class Checkpoint:
     def _weight_files(self) -> list[Path]:
         index = self.folder / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+                if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                    raise ValueError("weight_map is not an object of file names")
+            except (ValueError, AttributeError, RecursionError) as e:
+                raise GgtoolError(f"{index}: not a readable safetensors index ({e})",
+                                  "re-download the checkpoint") from None
+            for f in set(weight_map.values()):  # shards live in the folder: no absolute paths, no way out with ".."
+                parts = Path(f).parts
+                if not parts or Path(f).is_absolute() or ".." in parts or "\\" in f:
+                    raise GgtoolError(f"{index}: names {f!r}, which is outside the checkpoint folder",
+                                      "the index may only name files inside the folder; ggtool reads nothing else")
             files = sorted({self.folder / f for f in weight_map.values()})
             missing = [f for f in files if not f.is_file()]
             if missing:
@@ -183,7 +234,13 @@ class Checkpoint:
         arr = shard.array(name)
         if entry.dtype == "BF16":
             return bf16_to_f32(arr)
-        if arr.dtype in (np.float16, np.float64):
+        if arr.dtype == np.float64:
+            out = arr.astype(np.float32)
+            if not np.isfinite(out).all() and np.isfinite(arr).all():
+                raise GgtoolError(f"tensor {name}: F64 values beyond float32's range, which GGUF cannot hold",
+                                  "re-save the checkpoint in float32, float16 or bfloat16")
+            return out
+        if arr.dtype == np.float16:
             return arr.astype(np.float32)
         return arr
 

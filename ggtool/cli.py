@@ -14,6 +14,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from .errors import GgtoolError
+from .limits import check
+from .outputs import refuse_inputs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Small Mixture-of-Experts checkpoints to GGUF files that run well in llama.cpp.")
@@ -104,6 +106,7 @@ def verify(src: Path = typer.Argument(..., help="the checkpoint folder the GGUF 
     """Compare llama.cpp's logits on the GGUF with the source family's reference model."""
     from .verify import verify as run_verify
 
+    check("--tokens", tokens)
     r = run_verify(src, path, tokens)
     t = r.tolerance
     table = Table(title=f"verify {path.name} ({r.file_type}, KV cache {t.kv_type}, {r.n_tokens} tokens)\n{r.compared}")
@@ -149,12 +152,12 @@ def run(path: Path = typer.Argument(..., help="GGUF file"),
     recommended settings (general.sampling.*, from generation_config.json) unless told otherwise."""
     import random
 
+    from .limits import check_sampling
     from .run import recommended_sampling, stream
 
-    if seed is not None and not 0 <= seed < 0xFFFFFFFF:
-        raise GgtoolError(f"--seed {seed} is out of range", "use 0 to 4294967294")
-    if repeat_penalty is not None and repeat_penalty <= 0:
-        raise GgtoolError(f"--repeat-penalty {repeat_penalty} must be above 0", "1.0 turns the penalty off")
+    check("--max-tokens", n)
+    check_sampling({"temperature": temp, "top_k": top_k, "top_p": top_p, "min_p": min_p,
+                    "repeat_penalty": repeat_penalty, "seed": seed})
     sampling = recommended_sampling(path, temperature=0.0 if greedy else temp, top_k=top_k, top_p=top_p,
                                     min_p=min_p, repeat_penalty=repeat_penalty,
                                     seed=seed if seed is not None else random.randrange(0xFFFFFFFF))
@@ -173,15 +176,17 @@ def run(path: Path = typer.Argument(..., help="GGUF file"),
               f"{r.applied})[/]")
 
 
-def _parse_size(text: str) -> int:
+def _parse_size(text: str, option: str = "size") -> int:
     import re
 
-    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)(i?B?)\s*", text, re.I)
+    from .limits import check_size
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(i?B?)\s*", text, re.I)
     if not m:
-        raise GgtoolError(f"size {text!r} is not a size", "e.g. 1GiB, 512MiB, 6G")
+        raise GgtoolError(f"{option} {text!r} is not a size", "e.g. 1GiB, 512MiB, 6G")
     unit = m.group(2).upper()
     base = 1024 if m.group(3).lower().startswith("i") or not m.group(3) else 1000
-    return int(float(m.group(1)) * base ** " KMGT".index(unit or " "))
+    return check_size(f"{option} {text!r}", float(m.group(1)) * base ** " KMGT".index(unit or " "))
 
 
 @app.command("plan")
@@ -195,12 +200,22 @@ def plan_cmd(model: Path = typer.Argument(..., help="GGUF file, or a checkpoint 
              device: list[str] = typer.Option([], "--device", help="extra device NAME=SIZE[@GB/s] e.g. an RPC host "
                                               "192.168.1.5:50052=8GiB@20 (repeatable)"),
              margin: float = typer.Option(0.10, "--margin", help="fraction of each device kept free"),
-             json_out: Path = typer.Option(None, "--json", "-o", help="write the plan JSON here")) -> None:
+             json_out: Path = typer.Option(None, "--json", "-o", help="write the plan JSON here ('-': to stdout)")
+             ) -> None:
     """Fastest placement of a model on a machine's VRAM + RAM (+ RPC hosts), checked against llama.cpp's rules."""
-    from .plan.export import llama_cpp_flags, llama_cpp_python_kwargs, ollama_parameters, plan_json, write_plan
+    global out  # with --json - the tables go to stderr: stdout carries the JSON only
+    if json_out is not None and str(json_out) == "-":
+        out = err
+    from .plan.export import llama_cpp_flags, llama_cpp_python_kwargs, ollama_setup, plan_json, write_plan
     from .plan.memory import Device, from_config, read_gguf
     from .plan.search import Budget, plan as run_plan
 
+    check("--ctx", ctx)
+    check("--margin", margin)
+    check("--vram-bandwidth", vram_bw)
+    check("--ram-bandwidth", ram_bw)
+    if json_out is not None and str(json_out) != "-":
+        refuse_inputs(json_out, [("the model", model), ("the model's config.json", model / "config.json")])
     if model.is_file() and model.suffix == ".gguf" or (model.is_file() and model.name != "config.json"):
         shape = read_gguf(model)
     else:
@@ -208,19 +223,23 @@ def plan_cmd(model: Path = typer.Argument(..., help="GGUF file, or a checkpoint 
             raise GgtoolError(f"{model}: not a GGUF file", "give --type (e.g. IQ3_M) to plan from its config.json")
         shape = from_config(model, qtype)
     devices, rpc = [], []
-    if _parse_size(vram) > 0:
-        devices.append(Device("GPU0", _parse_size(vram), vram_bw * 1e9, "gpu"))
+    if _parse_size(vram, "--vram") > 0:
+        devices.append(Device("GPU0", _parse_size(vram, "--vram"), vram_bw * 1e9, "gpu"))
     for spec in device:
         name, _, rest = spec.rpartition("=")
         size, _, bw = rest.partition("@")
         if not name:
             raise GgtoolError(f"--device {spec!r} is not NAME=SIZE[@GB/s]")
         is_rpc = ":" in name
-        devices.append(Device(name, _parse_size(size), float(bw or 10) * 1e9, "rpc" if is_rpc else "gpu",
+        try:
+            bandwidth = check("--device bandwidth", float(bw or 10))
+        except ValueError:
+            raise GgtoolError(f"--device {spec!r}: bandwidth {bw!r} is not a number of GB/s") from None
+        devices.append(Device(name, _parse_size(size, "--device"), bandwidth * 1e9, "rpc" if is_rpc else "gpu",
                               32 if is_rpc else 128))
         if is_rpc:
             rpc.append(name)
-    budget = Budget(devices, _parse_size(ram), ram_bw * 1e9, margin)
+    budget = Budget(devices, _parse_size(ram, "--ram"), ram_bw * 1e9, margin)
     r = run_plan(shape, budget, ctx)
     best = r.best
     p = best.placement
@@ -254,10 +273,25 @@ def plan_cmd(model: Path = typer.Argument(..., help="GGUF file, or a checkpoint 
         out.print(f"[yellow]given up:[/] {g}")
     out.print(f"[bold]llama.cpp:[/] {llama_cpp_flags(p, rpc)}", soft_wrap=True, highlight=False)
     out.print(f"[bold]llama-cpp-python:[/] {llama_cpp_python_kwargs(p)}", soft_wrap=True, highlight=False)
-    out.print(f"[bold]Ollama Modelfile:[/] {ollama_parameters(p).replace(chr(10), '; ')}", highlight=False)
+    data = plan_json(r, str(model), rpc)
+    _print_ollama(ollama_setup(data))
     if json_out is not None:
-        write_plan(json_out, plan_json(r, str(model), rpc))
-        out.print(f"[green]wrote[/] {json_out}")
+        _write_json(json_out, data, write_plan)
+
+
+def _print_ollama(setup) -> None:  # noqa: ANN001
+    from .plan.export import OLLAMA_TARGET
+
+    params = "; ".join(f"PARAMETER {k} {v}" for k, v in setup.parameters.items())
+    out.print(f"[bold]Ollama Modelfile ({OLLAMA_TARGET}):[/] {params}", highlight=False, soft_wrap=True)
+    env = " ".join(f"{k}='{v}'" for k, v in setup.env.items())
+    out.print(f"[bold]Ollama server environment (server-wide, `ggtool modelfile --plan` writes ollama.env):[/] {env}",
+              highlight=False, soft_wrap=True)
+    if setup.layers_only:
+        lo = setup.layers_only
+        out.print(f"[bold]Ollama without server environment:[/] whole layers only, PARAMETER num_gpu {lo['num_gpu']} "
+                  f"≈{lo['tokens_per_s']:.1f} tokens/s (vs ≈{setup.tokens_per_s:.1f} with the plan)",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command("rpc-server")
@@ -267,6 +301,8 @@ def rpc_server(host: str = typer.Option("127.0.0.1", "--host"),
     """Serve this machine's CPU as a llama.cpp RPC device (runs until interrupted)."""
     from .llama.rpc import serve
 
+    check("--threads", threads)
+    check("--port", port)
     if host not in ("127.0.0.1", "localhost"):
         err.print("[yellow]warning:[/] the RPC protocol has no authentication: serve only on trusted networks")
     serve(host, port, threads or os.cpu_count() or 1)
@@ -306,6 +342,9 @@ def imatrix(model: Path = typer.Argument(..., help="GGUF model to calibrate"),
     """Collect an importance matrix (llama-imatrix's GGUF format) by running calibration text through llama.cpp."""
     from .imatrix import collect
 
+    check("--chunk-size", chunk_size)
+    check("--chunks", chunks)
+    check("--threads", threads)
     with Progress(TextColumn("[bold]imatrix[/] chunk {task.completed}/{task.total}"), BarColumn(),
                   TimeRemainingColumn(), console=err, transient=True,
                   disable=not err.is_terminal) as bar:
@@ -329,6 +368,9 @@ def imatrix_merge(inputs: list[Path] = typer.Argument(..., help="importance matr
     """Add several importance matrices into one, as llama-imatrix --in-file does."""
     from .imatrix import coverage, merge, read_imatrix, write_imatrix
 
+    if chunk_size:
+        check("--chunk-size", chunk_size)
+    refuse_inputs(output, inputs)
     merged = merge([read_imatrix(p) for p in inputs], chunk_size or None)
     write_imatrix(merged, output)
     out.print(f"[green]wrote[/] {output}  ({len(merged.entries)} weights from {len(inputs)} files, "
@@ -357,9 +399,24 @@ def quantize(model: Path = typer.Argument(..., help="GGUF model (F16/BF16/F32)")
              imatrix_file: Path = typer.Option(None, "--imatrix", help="importance matrix (GGUF or legacy .dat)"),
              tensor_types: list[str] = typer.Option([], "--tensor-type", help="REGEX=TYPE override (repeatable)"),
              output: Path = typer.Option(..., "-o", "--output", help="folder for <Basename>-<SizeLabel>-<TYPE>.gguf"),
-             threads: int = typer.Option(0, "--threads", help="CPU threads (0: all)")) -> None:
-    """Quantize with llama.cpp's recipes, calibrated with an importance matrix."""
+             threads: int = typer.Option(0, "--threads", help="CPU threads (0: all)"),
+             target_bpw: float = typer.Option(None, "--target-bpw", help="ggtool's own mix at these bits per "
+                                              "weight instead of --types: a type per tensor group, by measured KL"),
+             target_size: str = typer.Option(None, "--target-size", help="ggtool's own mix at this file size "
+                                             "(bytes, or e.g. 3.7MiB, 4G)"),
+             calibration: list[Path] = typer.Option(None, "--calibration", help="text the mix's sensitivities are "
+                                                    "measured on (default imatrix_data/calibration.txt)"),
+             candidates: str = typer.Option(None, "--mix-types", help="the tensor types a mix may use, comma-"
+                                            "separated (default IQ2_XXS,IQ2_XS,IQ2_S,IQ3_XXS,IQ3_S,IQ4_XS,Q4_K,Q5_K,"
+                                            "Q6_K,Q8_0)")) -> None:
+    """Quantize with llama.cpp's recipes, calibrated with an importance matrix (or with ggtool's own mix)."""
     from .quantize import quantize as run_quantize
+
+    check("--threads", threads)
+    if target_bpw is not None or target_size is not None:
+        _quantize_mix(model, output, imatrix_file, tensor_types, threads, target_bpw, target_size, calibration,
+                      [c for c in (candidates or "").split(",") if c.strip()])
+        return
 
     with Progress(TextColumn("[bold]quantize[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/"
                   "{task.total}"), console=err, transient=True,
@@ -389,6 +446,36 @@ def quantize(model: Path = typer.Argument(..., help="GGUF model (F16/BF16/F32)")
     out.print(table)
 
 
+def _quantize_mix(model: Path, output: Path, imatrix_file: Path | None, tensor_types: list[str], threads: int,
+                  target_bpw: float | None, target_size: str | None, calibration: list[Path] | None,
+                  candidates: list[str]) -> None:
+    from .quantize import quantize_to_size
+
+    if target_bpw is not None and target_size is not None:
+        raise typer.BadParameter("give --target-bpw or --target-size, not both")
+    if target_bpw is not None and not 1.0 <= target_bpw <= 16.0:
+        raise typer.BadParameter(f"--target-bpw {target_bpw}: choose between 1 and 16")
+    size = _parse_size(target_size) if target_size is not None else None
+    with Progress(TextColumn("[bold]mix[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                  "{task.total}"), console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("", total=None)
+        r = quantize_to_size(model, output, target_bytes=size, target_bpw=target_bpw, imatrix=imatrix_file,
+                             tensor_types=tensor_types, calibration=calibration or None, nthread=threads,
+                             candidates=candidates or None,
+                             progress=lambda what, d, n: bar.update(task, completed=d, total=n, description=what))
+    table = Table(title=f"{r.label}: a type per tensor group, chosen by KL on {r.sensitivities.n_tokens} "
+                        "calibration tokens")
+    for col, just in (("group", "left"), ("params", "right"), ("type", "left"), ("KL alone", "right")):
+        table.add_column(col, justify=just)
+    for g, n, t, kl in r.rows:
+        table.add_row(g, f"{n:,}", t, f"{kl:.5f}")
+    out.print(table)
+    target = f"target {human(r.target_bytes)}" if size is not None else f"target {target_bpw:.2f} bpw"
+    out.print(f"[green]wrote[/] {r.path}  ({human(r.size_bytes)}, {r.bpw:.2f} bpw, {target}; calibration KL "
+              f"{r.confirmed_kl:.5f} measured, {r.predicted_kl:.5f} predicted; {r.sensitivities.passes} sensitivity "
+              f"passes, {r.seconds_total:.1f} s)", soft_wrap=True)
+
+
 def _quality_table(r, ctx: int) -> Table:
     """The quality table of an EvalReport: the base first, then each variant."""
     table = Table(title=f"quality vs {Path(r.base).name} on {Path(r.text).name} ({r.n_tokens} scored tokens, ctx {ctx})")
@@ -408,13 +495,22 @@ def _quality_table(r, ctx: int) -> Table:
 def eval_(base: Path = typer.Argument(..., help="the base GGUF (e.g. F16) the variants are compared with"),
           variants: list[Path] = typer.Argument(..., help="quantized GGUF files"),
           text: Path = typer.Option(None, "-f", "--file", help="held-out text (default imatrix_data/heldout.txt)"),
-          json_file: Path = typer.Option(None, "--json", help="also write the results as JSON"),
+          json_file: Path = typer.Option(None, "--json", help="also write the results as JSON ('-': to stdout)"),
           ctx: int = typer.Option(512, "--ctx", help="tokens per chunk; the second half of each chunk is scored"),
           chunks: int = typer.Option(0, "--chunks", help="use at most this many chunks (0: all)"),
           threads: int = typer.Option(0, "--threads", help="CPU threads (0: all)")) -> None:
     """Perplexity, KL divergence from BASE and top-1 agreement of quantized variants, by llama.cpp."""
-    from .quality import evaluate
+    from .quality import DEFAULT_HELDOUT, evaluate
 
+    global out  # with --json - the table goes to stderr: stdout carries the JSON only
+    check("--ctx", ctx)
+    check("--chunks", chunks)
+    check("--threads", threads)
+    if json_file is not None and str(json_file) == "-":
+        out = err
+    elif json_file is not None:
+        refuse_inputs(json_file, [("the base model", base), *[("a variant", v) for v in variants],
+                                  ("the held-out text", text or DEFAULT_HELDOUT)])
     with Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/"
                   "{task.total}"), console=err, transient=True,
                   disable=not err.is_terminal) as bar:
@@ -425,9 +521,8 @@ def eval_(base: Path = typer.Argument(..., help="the base GGUF (e.g. F16) the va
 
         r = evaluate(base, variants, text, ctx, chunks or None, threads, progress)
     out.print(_quality_table(r, ctx))
-    if json_file:
-        r.write_json(json_file)
-        out.print(f"[green]wrote[/] {json_file}")
+    if json_file is not None:
+        _write_json(json_file, r.to_json(), lambda dest, data: r.write_json(dest))
 
 
 @app.command()
@@ -439,11 +534,14 @@ def ladder(src: Path = typer.Argument(None, help="checkpoint folder or base GGUF
                                                   help="calibration text (default imatrix_data/calibration.txt)"),
            heldout: Path = typer.Option(None, "--heldout", help="held-out text (default imatrix_data/heldout.txt)"),
            outtype: str = typer.Option("f16", "--outtype", help="base GGUF type: f16 | bf16 | f32"),
-           ctx: int = typer.Option(512, "--ctx", help="tokens per chunk for calibration and evaluation")) -> None:
+           ctx: int = typer.Option(512, "--ctx", help="tokens per chunk for calibration and evaluation"),
+           mix: bool = typer.Option(False, "--mix", help="beside each type, ggtool's own mix at that file's size "
+                                    "(<...>-<TYPE>-MIX.gguf)")) -> None:
     """Convert → importance matrix → the quantization ladder → quality table; finished steps are skipped."""
     from . import DEFAULT_MODEL
     from .ladder import ladder as run_ladder
 
+    check("--ctx", ctx)
     with Progress(TextColumn("[bold]ladder[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/"
                   "{task.total}"), console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("", total=None)
@@ -457,7 +555,7 @@ def ladder(src: Path = typer.Argument(None, help="checkpoint folder or base GGUF
 
         r = run_ladder(src or DEFAULT_MODEL, output, [t for t in types.split(",") if t.strip()],
                        calibration=calibration or None, heldout=heldout, outtype=outtype, chunk_size=ctx,
-                       eval_ctx=ctx, progress=progress, on_step=on_step)
+                       eval_ctx=ctx, mix=mix, progress=progress, on_step=on_step)
     out.print(_quality_table(r.report, ctx))
     out.print(f"[green]ladder in[/] {r.out_dir}  (importance matrix {r.imatrix.name}, quality.json)")
 
@@ -465,17 +563,28 @@ def ladder(src: Path = typer.Argument(None, help="checkpoint folder or base GGUF
 @app.command()
 def modelfile(model: Path = typer.Argument(..., help="GGUF file"),
               output: Path = typer.Option(..., "-o", "--output", help="Modelfile to write"),
-              plan: Path = typer.Option(None, "--plan", help="plan JSON from `ggtool plan` (num_ctx, num_gpu)"),
+              plan: Path = typer.Option(None, "--plan", help="plan JSON from `ggtool plan` (also writes ollama.env: "
+                                        "the server environment that realises it)"),
               strict: bool = typer.Option(False, "--strict", help="also refuse templates that trim message content"),
               force: bool = typer.Option(False, "--force", help="write it even if llama.cpp's template engine "
-                                         "renders the template unlike jinja2")
+                                         "renders the template unlike jinja2"),
+              template: str = typer.Option("auto", "--template", help="auto | go | jinja: a Go TEMPLATE, or none "
+                                           "(Ollama >= 0.30 renders the GGUF's Jinja); auto: jinja when the chat "
+                                           "template has tools or thinking")
               ) -> None:
-    """Write an Ollama Modelfile whose TEMPLATE reproduces the GGUF's chat template exactly."""
+    """Write an Ollama Modelfile (for Ollama >= 0.30) whose TEMPLATE reproduces the GGUF's chat template exactly."""
     from .ollama import write_modelfile
 
-    r = write_modelfile(model, output, plan, strict, force)
+    refuse_inputs(output, [("the model", model), ("the plan", plan)])
+    r = write_modelfile(model, output, plan, strict, force, template)
     for note in r.notes:
         err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    if r.template is not None:
+        out.print(f"template: {r.template.describe()}", highlight=False, soft_wrap=True)
+    if r.env_path is not None:
+        out.print(f"[bold]server environment (server-wide: every model `ollama serve` loads)[/] {r.env_path}:",
+                  highlight=False)
+        out.print(r.env_text, end="", markup=False, highlight=False, soft_wrap=True)
     out.print(f"[green]wrote[/] {r.dest}  (ollama create NAME -f {r.dest})")
 
 
@@ -490,19 +599,27 @@ def export_lmstudio(models: list[Path] = typer.Argument(..., help="GGUF files (v
                     root: Path = typer.Option(None, "--root", help="models folder (default ~/.lmstudio/models)"),
                     link: bool = typer.Option(True, "--link/--copy", help="hard-link the files (else copy them)"),
                     force: bool = typer.Option(False, "--force", help="export even if @huggingface/jinja or "
-                                               "llama.cpp renders the chat template unlike jinja2")
-                    ) -> None:
-    """Place GGUF variants where LM Studio finds them (<root>/PUBLISHER/MODEL/) with a model.yaml."""
+                                               "llama.cpp renders the chat template unlike jinja2"),
+                    hub_repo: str = typer.Option(None, "--hub-repo", help="org/name the files are published in "
+                                                 "(`ggtool publish`): also write a model.yaml pointing at it"),
+                    replace: bool = typer.Option(False, "--replace", help="write into a folder that holds files "
+                                                 "ggtool did not place there (they are left alone; same-named ones "
+                                                 "are replaced)")) -> None:
+    """Place GGUF variants where LM Studio finds them (<root>/PUBLISHER/MODEL/); model.yaml only for a Hub repo."""
     from .lmstudio import export
 
-    r = export(models, publisher, model, root, link, force)
+    r = export(models, publisher, model, root, link, force, hub_repo, replace=replace)
     for w in r.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     for note in r.notes:
         err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     for f in r.files:
         out.print(f"[green]placed[/] {f}")
-    out.print(f"[green]wrote[/] {r.model_yaml}")
+    if r.model_yaml is not None:
+        out.print(f"[green]wrote[/] {r.model_yaml}")
+    else:
+        out.print("no model.yaml: LM Studio finds local files by the folder layout, and its model.yaml can only "
+                  "point at a Hub repo (--hub-repo); sampling and context travel in the GGUF", highlight=False)
 
 
 @app.command()
@@ -513,7 +630,11 @@ def publish(folder: Path = typer.Argument(..., help="ladder folder (*.gguf, qual
             recommend: list[str] = typer.Option([], "--recommend", help="BUDGET=FILE for the card's 'which file "
                                                 "for your memory' table, e.g. '1 GiB VRAM + 6 GiB RAM=M-IQ3_M.gguf'"),
             force: bool = typer.Option(False, "--force", help="publish even if an engine users run (llama.cpp, "
-                                       "@huggingface/jinja) renders a chat template unlike jinja2")
+                                       "@huggingface/jinja) renders a chat template unlike jinja2"),
+            base_model: str = typer.Option(None, "--base-model", help="the Hub repo the files were converted from "
+                                           "(card's base_model; default: the source repo the GGUF records)"),
+            quantized_by: str = typer.Option(None, "--quantized-by", help="card's quantized_by (default: the "
+                                             "repo's owner)")
             ) -> None:
     """Upload a ladder folder to the Hugging Face Hub with a generated model card."""
     from .hub import publish as run_publish
@@ -521,19 +642,41 @@ def publish(folder: Path = typer.Argument(..., help="ladder folder (*.gguf, qual
     pairs = [tuple(r.rsplit("=", 1)) for r in recommend]
     if any(len(p) != 2 for p in pairs):
         raise GgtoolError("--recommend takes BUDGET=FILE")
-    r = run_publish(folder, repo, private=private, dry_run=dry_run, recommendations=pairs or None, force=force)
+    r = run_publish(folder, repo, private=private, dry_run=dry_run, recommendations=pairs or None, force=force,
+                    base_model=base_model, quantized_by=quantized_by)
     for w in r.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     out.print(f"[green]{'card written' if dry_run else 'uploaded'}[/] {r.repo}: {len(r.files)} files "
               f"(model card {r.card})")
 
 
+def _write_json(dest: Path, data: dict, write) -> None:  # noqa: ANN001 (write: (dest, data) -> None)
+    """`--json FILE` through the command's own atomic writer; `--json -` to stdout (the tables went to stderr)."""
+    import json
+
+    if str(dest) == "-":
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        sys.stdout.flush()
+        return
+    write(dest, data)
+    out.print(f"[green]wrote[/] {dest}")
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
+EXIT_ERROR = 1  # bad input or environment: one "error:" line
+EXIT_USAGE = 2  # a command-line mistake: click's usage message (as click and typer exit)
+EXIT_INTERNAL = 70  # a bug in ggtool (EX_SOFTWARE)
+
+
 def main() -> None:
     """Entry point: bad input becomes one line on stderr and a non-zero exit, never a traceback."""
+    from .outputs import os_error
+
+    usage_errors = _click_exceptions()
+
     warnings.showwarning = _show_warning
     try:
         rc = app(standalone_mode=False)
@@ -541,8 +684,8 @@ def main() -> None:
             err.print("[red]interrupted[/]", soft_wrap=True)
         sys.exit(rc if isinstance(rc, int) else 0)
     except GgtoolError as e:
-        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # hints name extras: [verify]
-        sys.exit(1)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # hints: [verify]
+        sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]: nothing was written", soft_wrap=True)
         sys.exit(130)
@@ -550,17 +693,58 @@ def main() -> None:
         sys.exit(e.exit_code)
     except (typer.Abort, EOFError):
         sys.exit(1)
+    except usage_errors as e:  # usage mistakes: click's message with the usage line, exit 2
+        if not hasattr(e, "show"):
+            _internal(e)
+        _show_usage_error(e)
+        sys.exit(getattr(e, "exit_code", EXIT_USAGE))
+    except OSError as e:  # the environment's (full disk, read-only, permissions): one line with the path
+        if e.errno is None:
+            _internal(e)
+        err.print(f"[red]error:[/] {os_error(e)}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_ERROR)
     except Exception as e:  # noqa: BLE001 - a bug, not bad input: still one line unless debugging
+        _internal(e)
+
+
+def _click_exceptions() -> tuple[type[Exception], ...]:
+    """click's exception base classes: typer >= 0.29 vendors its own click (typer.TyperException), older typer
+    uses click's."""
+    found = [typer.TyperException] if hasattr(typer, "TyperException") else []
+    try:
         import click
 
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if os.environ.get("GGTOOL_DEBUG"):
-            raise
-        err.print(f"[red]internal error:[/] {type(e).__name__}: {escape(str(e))} (re-run with GGTOOL_DEBUG=1 for a traceback)",
-                  highlight=False, soft_wrap=True)
-        sys.exit(2)
+        found.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def _show_usage_error(e: Exception) -> None:
+    """click's message for a usage mistake, with the command's usage line even where the parser raised it without
+    a context (an option missing its value)."""
+    if getattr(e, "ctx", None) is None and hasattr(e, "ctx"):
+        try:
+            root = typer.main.get_command(app)
+            ctx = root.context_class(root, info_name="ggtool")
+            words = [a for a in sys.argv[1:] if not a.startswith("-")]
+            while words and hasattr(ctx.command, "get_command"):
+                sub = ctx.command.get_command(ctx, words[0])
+                if sub is None:
+                    break
+                ctx = sub.context_class(sub, info_name=words.pop(0), parent=ctx)
+            e.ctx = ctx
+        except Exception:  # noqa: BLE001 - the message alone still says what is wrong
+            pass
+    e.show()
+
+
+def _internal(e: BaseException) -> None:
+    if os.environ.get("GGTOOL_DEBUG"):
+        raise e
+    err.print(f"[red]internal error:[/] {type(e).__name__}: {escape(str(e))} (a bug in ggtool; re-run with GGTOOL_DEBUG=1 for "
+              "a traceback)", highlight=False, soft_wrap=True)
+    sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

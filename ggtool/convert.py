@@ -15,6 +15,8 @@ from .checkpoint import Checkpoint
 from .errors import GgtoolError
 from .families import detect
 from .families.base import Family, HParam, PlannedTensor, validate_plan
+from .limits import check_hparams
+from .templates import parse_template
 from .gguf_out import FILE_TYPES, OUTTYPES, check_destination, nbytes, tensor_type, write_gguf
 
 _WRITERS = {"u32": "add_uint32", "i32": "add_int32", "f32": "add_float32", "bool": "add_bool", "str": "add_string",
@@ -52,18 +54,24 @@ def parameter_counts(plan: list[PlannedTensor]) -> tuple[int, int, int, int]:
 def add_hparams(w: gguf.GGUFWriter, arch: str, hparams: list[HParam]) -> None:
     """Write family hyperparameters: gguf-py keys get `arch` filled in, relative keys go under `{arch}.`."""
     for hp in hparams:
-        if "{arch}" in hp.key:
-            key = hp.key.format(arch=arch)
-        else:
-            key = hp.key if hp.key.split(".")[0] in ("general", "tokenizer") else f"{arch}.{hp.key}"
-        getattr(w, _WRITERS[hp.kind])(key, hp.value)
+        getattr(w, _WRITERS[hp.kind])(hparam_key(arch, hp.key), hp.value)
+
+
+def hparam_key(arch: str, key: str) -> str:
+    """The GGUF key a family's HParam is written under."""
+    if "{arch}" in key:
+        return key.format(arch=arch)
+    return key if key.split(".")[0] in ("general", "tokenizer") else f"{arch}.{key}"
 
 
 def prepare(src: Path) -> tuple[Checkpoint, Family, list[PlannedTensor]]:
     """Open, detect, check and plan: everything that can fail on bad input, with no output yet."""
-    ckpt = Checkpoint(src)
+    ckpt = Checkpoint(src)  # config.json's shape values checked against limits.CONFIG_KEYS
     family = detect(ckpt)
     family.check(ckpt)
+    # the GGUF keys as llama.cpp will read them, within its limits (its asserts abort on e.g. top-k > experts)
+    values = {hparam_key(family.arch, hp.key): hp.value for hp in family.hparams(ckpt)}
+    check_hparams(values.get, str(ckpt.folder / "config.json"), lambda k: f"{family.arch}.{k}")
     plan = family.tensor_plan(ckpt)
     validate_plan(ckpt, plan, family.ignored_tensors)
     return ckpt, family, plan
@@ -86,7 +94,14 @@ def convert(src: Path, dest: Path, outtype: str = "f16",
         outtype = "lossless"
     types = [tensor_type(t, qtype) for t in plan]
     vocab = family.vocab(ckpt)
-    check_destination(dest, ckpt.input_paths())
+    for name, template in [("", vocab.chat_template), *vocab.named_templates.items()]:
+        if template:
+            try:
+                parse_template(template)
+            except GgtoolError as e:  # written into the GGUF, it would fail in every client that renders it
+                raise GgtoolError(f"{src}: chat template{' ' + name if name else ''}: {e.message}",
+                                  "fix the template in tokenizer_config.json / chat_template.jinja") from None
+    check_destination(dest, [("one of the conversion's inputs", p) for p in ckpt.input_paths()])
     if vocab.chat_template:  # a warning here; modelfile, export lmstudio and publish refuse
         from .template_check import check_template
 

@@ -8,16 +8,16 @@ temporary file beside the destination that is renamed only when complete.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 import gguf
 import numpy as np
 
 from .errors import GgtoolError
+from .outputs import atomic_output, check_destination  # noqa: F401 (imported from here by the commands)
 
 if TYPE_CHECKING:  # type hints only: the families import this module (ssmoelm encodes with it)
     from .checkpoint import Checkpoint
@@ -62,29 +62,6 @@ def encode(arr: np.ndarray, qtype: Q) -> np.ndarray:
         if not halves[..., 0::2].any() and not np.isnan(arr).any():
             return np.ascontiguousarray(halves[..., 1::2]).view(np.uint8)
     return gguf.quants.quantize(arr, qtype)
-
-
-@contextlib.contextmanager
-def atomic_output(dest: Path) -> Iterator[Path]:
-    """A temporary path beside `dest`, renamed to `dest` only if the block completes."""
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-    try:
-        yield tmp
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def check_destination(dest: Path, inputs: list[Path]) -> None:
-    """Refuse an output whose folder is missing or which would overwrite one of the inputs."""
-    if not dest.parent.is_dir():
-        raise GgtoolError(f"{dest.parent}: output folder does not exist", "create it first or choose another -o")
-    if dest.is_dir():
-        raise GgtoolError(f"{dest}: is a folder", "pass a file name such as model-f16.gguf")
-    for p in inputs:
-        if p.exists() and (dest.resolve() == p.resolve() or (dest.exists() and os.path.samefile(dest, p))):
-            raise GgtoolError(f"{dest}: is one of the conversion's inputs", "choose an output path outside the inputs")
 
 
 def write_gguf(dest: Path, arch: str, add_metadata: Callable[[gguf.GGUFWriter], None], plan: list[PlannedTensor],

@@ -24,6 +24,7 @@ import numpy as np
 from .errors import GgtoolError
 from .gguf_in import read_header, tensor_data
 from .gguf_out import atomic_output
+from .outputs import refuse_inputs
 
 DEFAULT_CHUNK_SIZE = 512  # llama-imatrix's default n_ctx
 
@@ -412,8 +413,7 @@ def collect(model_path: Path | str, files: list[Path], dest: Path | str, chunk_s
     t0 = time.perf_counter()
     model_path, dest = Path(model_path), Path(dest)
     _check_dest(dest)
-    if dest.exists() and dest.resolve() == model_path.resolve():
-        raise GgtoolError(f"{dest}: is the model", "choose another -o")
+    refuse_inputs(dest, [("the model", model_path), *[("calibration text", f) for f in files]])  # --in-file may be -o
     if not files and not in_files:
         raise GgtoolError("no calibration text", "pass one or more -f FILE")
     if chunk_size < 16:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import GgtoolError
+from .outputs import atomic_output, refuse_inputs, removes_created_folder
 from .quality import DEFAULT_HELDOUT, EvalReport
 from .quantize import DEFAULT_TYPES, ftype_name, output_name
 
@@ -81,18 +82,20 @@ class Manifest:
 
     def record(self, key: str, inputs: list, output: Path) -> None:
         self.entries[key] = {"inputs": inputs, "output": output.name, "fingerprint": file_fingerprint(output)}
-        tmp = self.path.with_name(self.path.name + ".partial")
-        tmp.write_text(json.dumps(self.entries, indent=2) + "\n")
-        tmp.replace(self.path)
+        with atomic_output(self.path) as tmp:  # a unique temporary name: concurrent writers do not collide
+            tmp.write_text(json.dumps(self.entries, indent=2) + "\n")
 
 
+@removes_created_folder("out_dir")
 def ladder(src: Path | str, out_dir: Path | str, types: list[str] = DEFAULT_TYPES, *,
            calibration: list[Path] | None = None, conversations: Path | None = DEFAULT_CONVERSATIONS,
            heldout: Path | None = None, outtype: str = "f16", chunk_size: int = 512, eval_ctx: int = 512,
-           progress: Progress | None = None,
+           mix: bool = False, progress: Progress | None = None,
            on_step: Callable[[StepRecord], None] | None = None) -> LadderResult:
     """Convert `src` (a checkpoint folder, or an existing GGUF as the base), calibrate, quantize every type
-    in `types` and measure each against the base on held-out text, skipping outputs that are up to date."""
+    in `types` and measure each against the base on held-out text, skipping outputs that are up to date.
+    `mix`: beside each type, ggtool's own mix at that file's size (<...>-<TYPE>-MIX.gguf, type "<TYPE>-mix"),
+    its sensitivities measured once on the calibration text (mix-sensitivities.json)."""
     from .convert import convert
     from .imatrix import collect
     from .quality import evaluate
@@ -110,6 +113,9 @@ def ladder(src: Path | str, out_dir: Path | str, types: list[str] = DEFAULT_TYPE
         if not p.is_file():
             raise GgtoolError(f"{p}: no such file", "pass calibration text with --calibration and held-out text "
                               "with --heldout")
+    inputs = [("the source", src), *[("calibration text", p) for p in calibration], ("the held-out text", heldout)]
+    for name in (MANIFEST, "imatrix.gguf", "quality.json", f"base-{outtype}.gguf"):
+        refuse_inputs(out_dir / name, inputs)
     out_dir.mkdir(exist_ok=True)
     manifest = Manifest(out_dir)
     steps: list[StepRecord] = []
@@ -165,6 +171,9 @@ def ladder(src: Path | str, out_dir: Path | str, types: list[str] = DEFAULT_TYPE
         variants.append(run_step(f"quantize {t}", [file_fingerprint(base), file_fingerprint(imatrix), t],
                                  make_variant))
 
+    if mix:
+        variants += _mix_rungs(base, imatrix, calibration, types, variants, out_dir, run_step, tick)
+
     # 4. the quality table
     quality_path = out_dir / "quality.json"
 
@@ -175,6 +184,38 @@ def ladder(src: Path | str, out_dir: Path | str, types: list[str] = DEFAULT_TYPE
     run_step("eval", [file_fingerprint(base), [file_fingerprint(v) for v in variants], file_fingerprint(heldout),
                       eval_ctx], make_quality)
     return LadderResult(out_dir, base, imatrix, variants, report_from_json(quality_path), steps)
+
+
+def _mix_rungs(base: Path, imatrix: Path, calibration: list[Path], types: list[str], stock: list[Path],
+               out_dir: Path, run_step: Callable, tick: Progress) -> list[Path]:
+    """ggtool's mix at each stock file's size, beside it."""
+    from .imatrix import read_imatrix
+    from .mix import choose_and_write, groups, measure, quantizable_tensors, read_sensitivities, write_sensitivities
+    from .quantize import imatrix_kv_overrides
+
+    cal_fp = [file_fingerprint(p) for p in calibration]
+
+    def make_sensitivities() -> Path:
+        im = read_imatrix(imatrix)
+        sens = measure(base, groups(base, quantizable_tensors(base)), im.means(), calibration,
+                       progress=lambda what, d, n: tick("mix sensitivities", d, n))
+        return write_sensitivities(sens, out_dir / "mix-sensitivities.json")
+    sens_path = run_step("mix sensitivities", [file_fingerprint(base), file_fingerprint(imatrix), cal_fp],
+                         make_sensitivities)
+    out = []
+    for t, stock_file in zip(types, stock):
+        def make_mix(t: str = t, stock_file: Path = stock_file) -> Path:
+            tick(f"mix {t}", 0, 1)
+            im = read_imatrix(imatrix)
+            r = choose_and_write(base, out_dir / output_name(base, f"{t}-MIX"), target_bytes=stock_file.stat().st_size,
+                                 imatrix=im, kv_overrides=imatrix_kv_overrides(im, imatrix.name, len(im.means())),
+                                 calibration=calibration, label=f"{t}-mix", nominal=t,
+                                 sensitivities=read_sensitivities(sens_path), confirm=False)
+            return r.path
+        inputs = [file_fingerprint(base), file_fingerprint(imatrix), file_fingerprint(stock_file),
+                  file_fingerprint(sens_path), t]
+        out.append(run_step(f"mix {t}", inputs, make_mix))
+    return out
 
 
 def _has_chat_template(path: Path) -> bool:

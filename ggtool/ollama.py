@@ -14,6 +14,11 @@ whole conversation, system messages included, with consecutive messages of one r
 text is inserted as a first system message. Ollama's llama.cpp runner tokenizes the prompt with special
 tokens parsed and BOS added when the GGUF's tokenizer.ggml.add_bos_token says so, so a template's leading
 BOS is left out of the Go template when the tokenizer adds it (and kept, as text, when it does not).
+
+Ollama >= 0.30 (llama-server runner) uses a Go TEMPLATE only when the GGUF's Jinja has no capability the Go
+template lacks (tools, thinking); otherwise it renders the Jinja with llama-server. `choose_template` follows
+that rule: such templates get no TEMPLATE, and the Modelfile says so. With a plan, the placement goes in the
+server environment (plan/export.py `ollama_setup`), not in num_gpu.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from pathlib import Path
 
 from .errors import GgtoolError
 from .gguf_in import read_header, recommended_sampling
+from .limits import check_plan
+from .outputs import refuse_inputs
 from .templates import render_chat
 
 ROLE_LETTERS = {"s": "system", "u": "user", "a": "assistant"}
@@ -385,6 +392,56 @@ def derive_format(template: str, bos: str = "", eos: str = "", add_bos: bool = F
     return fmt
 
 
+# -- which template Ollama renders --------------------------------------------------------------------
+# Ollama >= 0.30 (server/images.go) compares the capabilities of the Modelfile's Go TEMPLATE with those of the
+# GGUF's Jinja template and prefers the Jinja (rendered by llama-server) when it has more, unless
+# OLLAMA_GO_TEMPLATE is set. The Jinja side is a plain substring test (chatTemplateHasToolSupport,
+# chatTemplateHasThinkingSupport); the Go side counts .Tools and thinking tags, which ggtool's Go templates do
+# not carry. So a Go TEMPLATE is only used when the Jinja shows neither tools nor thinking.
+
+TEMPLATE_MODES = ("auto", "go", "jinja")
+
+
+def ollama_jinja_capabilities(template: str) -> list[str]:
+    """The capabilities Ollama >= 0.30 reads from a GGUF chat template's text ("tools", "thinking")."""
+    caps = []
+    if "tools" in template or "tool_call" in template:
+        caps.append("tools")
+    if ("<think>" in template and "</think>" in template) or (
+            ("content.split('</think>')" in template or 'content.split("</think>")' in template)
+            and "reasoning_content" not in template and "<SPECIAL_12>" not in template):
+        caps.append("thinking")
+    return caps
+
+
+@dataclass
+class TemplateChoice:
+    go: bool  # True: a Go TEMPLATE is written; False: deferred to the GGUF's Jinja (no TEMPLATE)
+    reason: str
+
+    def describe(self) -> str:
+        return ("Go TEMPLATE" if self.go else "no TEMPLATE (the GGUF's Jinja, rendered by llama-server)") + \
+            f": {self.reason}"
+
+
+def choose_template(template: str, mode: str = "auto") -> TemplateChoice:
+    """Whether the Modelfile carries a Go TEMPLATE or defers to the GGUF's Jinja chat template."""
+    if mode not in TEMPLATE_MODES:
+        raise GgtoolError(f"--template {mode!r}: choose one of {', '.join(TEMPLATE_MODES)}")
+    caps = ollama_jinja_capabilities(template)
+    if mode == "go":
+        note = (f"; the chat template has {' and '.join(caps)}, which it does not carry, so Ollama >= 0.30 uses it "
+                "only with OLLAMA_GO_TEMPLATE=1") if caps else ""
+        return TemplateChoice(True, "--template go" + note)
+    if mode == "jinja":
+        return TemplateChoice(False, "--template jinja")
+    if caps:
+        return TemplateChoice(False, f"the chat template has {' and '.join(caps)} (Ollama's test: "
+                                     "\"tools\"/\"tool_call\", <think>...</think>), which ggtool's Go templates do not "
+                                     "carry, so Ollama >= 0.30 would prefer the GGUF's Jinja anyway")
+    return TemplateChoice(True, "the chat template has no tools or thinking: Ollama >= 0.30 uses this TEMPLATE")
+
+
 # -- the Modelfile ----------------------------------------------------------------------------------
 
 def _quoted(s: str) -> str:
@@ -395,27 +452,51 @@ def _quoted(s: str) -> str:
 
 def modelfile_text(template: str, *, bos: str = "", eos: str = "", add_bos: bool = False, from_path: str,
                    parameters: dict[str, float | int] | None = None, system: str | None = None,
-                   comment: str = "", strict: bool = False) -> str:
+                   comment: str = "", strict: bool = False, template_mode: str = "auto") -> str:
     """A complete Modelfile for a model whose chat template is `template` (Jinja)."""
     return build_modelfile(template, bos=bos, eos=eos, add_bos=add_bos, from_path=from_path, parameters=parameters,
-                           system=system, comment=comment, strict=strict)[0]
+                           system=system, comment=comment, strict=strict, template_mode=template_mode)[0]
+
+
+DEFERRED_NOTE = ("no TEMPLATE: deliberately deferred to the GGUF's own Jinja chat template (tokenizer.chat_template), "
+                 "which Ollama >= 0.30 renders with llama-server")
+OLDER_OLLAMA_NOTE = ("older Ollama (its own runner) cannot render Jinja and guesses a template from its own list: "
+                     "for it, write a Go TEMPLATE with `ggtool modelfile --template go` (tools and thinking not "
+                     "carried)")
 
 
 def build_modelfile(template: str, *, bos: str, eos: str, add_bos: bool, from_path: str,
                     parameters: dict[str, float | int] | None, system: str | None, comment: str,
-                    strict: bool) -> tuple[str, ChatFormat]:
-    """The Modelfile text and the ChatFormat it was written from."""
-    fmt = derive_format(template, bos, eos, add_bos, strict)
+                    strict: bool, template_mode: str = "auto") -> tuple[str, ChatFormat | None]:
+    """The Modelfile text and the ChatFormat it was written from (None when the template is deferred to the
+    GGUF's Jinja: see `choose_template`)."""
+    choice = choose_template(template, template_mode)
     lines = [f"# {line}" if line else "#" for line in comment.splitlines()]
-    lines += [f"# note: {n}" for n in fmt.notes]
-    if not fmt.system_supported:
-        lines.append("# the chat template refuses or ignores system messages: do not set SYSTEM for this model")
-    lines += [f"FROM {from_path}", "", f"TEMPLATE {_quoted(fmt.go_template())}", ""]
-    default = system if system is not None else fmt.default_system
-    # the template writes the default system block itself when a chat has none, so SYSTEM is only a convenience
-    if default and survives_modelfile(default):
-        lines += [f"SYSTEM {_quoted(default)}", ""]
-    for stop in fmt.stops(eos):
+    if choice.go:
+        fmt: ChatFormat | None = derive_format(template, bos, eos, add_bos, strict)
+        lines.append(f"# template: {choice.describe()}")
+        lines += [f"# note: {n}" for n in fmt.notes]
+        if not fmt.system_supported:
+            lines.append("# the chat template refuses or ignores system messages: do not set SYSTEM for this model")
+        lines += [f"FROM {from_path}", "", f"TEMPLATE {_quoted(fmt.go_template())}", ""]
+        default = system if system is not None else fmt.default_system
+        # the template writes the default system block itself when a chat has none, so SYSTEM is only a convenience
+        if default and survives_modelfile(default):
+            lines += [f"SYSTEM {_quoted(default)}", ""]
+        stops = fmt.stops(eos)
+    else:
+        # a deferred template is rendered by llama.cpp's own engine (common/jinja, in llama-server): write_modelfile
+        # checks every template with it (template_check, LLAMA_CPP) before anything is written
+        lines += [f"# {DEFERRED_NOTE}: {choice.reason}", f"# {OLDER_OLLAMA_NOTE}"]
+        try:  # end-of-turn strings still help Ollama stop; llama-server also stops at the GGUF's EOG tokens
+            fmt = None
+            stops = derive_format(template, bos, eos, add_bos).stops(eos)
+        except GgtoolError:
+            stops = [eos] if eos and '"' not in eos else []
+        lines += [f"FROM {from_path}", ""]
+        if system is not None and survives_modelfile(system):
+            lines += [f"SYSTEM {_quoted(system)}", ""]
+    for stop in stops:
         lines.append(f'PARAMETER stop "{stop}"')
     for key, value in (parameters or {}).items():
         lines.append(f"PARAMETER {key} {value:g}" if isinstance(value, float) else f"PARAMETER {key} {value}")
@@ -460,10 +541,11 @@ def read_gguf_chat(path: Path) -> GgufChat:
 
 
 def read_plan(path: Path) -> dict:
-    """The plan JSON's num_ctx / num_gpu (keys n_ctx, n_gpu_layers)."""
+    """A plan JSON (`ggtool plan --json`): at least n_ctx and n_gpu_layers."""
     try:
         plan = json.loads(Path(path).read_text())
-        return {"num_ctx": int(plan["n_ctx"]), "num_gpu": int(plan["n_gpu_layers"])}
+        check_plan(plan, str(path))
+        return plan
     except FileNotFoundError:
         raise GgtoolError(f"{path}: no such plan file") from None
     except (ValueError, KeyError, TypeError) as e:
@@ -476,13 +558,21 @@ class ModelfileResult:
     dest: Path
     text: str
     notes: list[str]
+    template: TemplateChoice | None = None
+    env_path: Path | None = None  # the server environment written beside the Modelfile (with --plan)
+    env_text: str = ""
+
+
+ENV_FILE = "ollama.env"
 
 
 def write_modelfile(model: Path, dest: Path, plan: Path | None = None, strict: bool = False,
-                    force: bool = False) -> ModelfileResult:
-    """Write an Ollama Modelfile for `model` (a GGUF) at `dest`, FROM relative to the Modelfile's folder. Refuses
-    a template llama.cpp's engine (Ollama >= 0.30 renders the GGUF's Jinja with it) renders unlike jinja2,
-    unless `force`."""
+                    force: bool = False, template_mode: str = "auto") -> ModelfileResult:
+    """Write an Ollama Modelfile for `model` (a GGUF) at `dest`, FROM relative to the Modelfile's folder; with a
+    plan, also the server environment that realises it (ollama.env beside the Modelfile). Refuses a template
+    llama.cpp's engine (Ollama >= 0.30 renders the GGUF's Jinja with it) renders unlike jinja2, unless `force`."""
+    from .plan.export import ollama_env_text, ollama_modelfile_comment, ollama_setup, write_ollama_env
+
     model, dest = Path(model), Path(dest)
     chat = read_gguf_chat(model)
     if not chat.template:
@@ -494,21 +584,34 @@ def write_modelfile(model: Path, dest: Path, plan: Path | None = None, strict: b
     engine_notes = enforce(check_template(chat.template, chat.bos, chat.eos, (LLAMA_CPP,)), str(model), (LLAMA_CPP,),
                            force)
     rel = os.path.relpath(model.resolve(), dest.parent.resolve())
-    params = dict(chat.sampling)
+    params: dict[str, float | int] = dict(chat.sampling)
+    comment = [f"generated by ggtool from {model.name}'s tokenizer.chat_template"]
+    setup = None
     if plan is not None:
-        params.update(read_plan(plan))
+        setup = ollama_setup(read_plan(plan))
+        params.update(setup.parameters)
+        comment += ollama_modelfile_comment(setup, ENV_FILE)
     from .families import client_note
 
     arch_note = client_note(chat.arch, "Ollama")
-    comment = f"generated by ggtool from {model.name}'s tokenizer.chat_template"
+    if arch_note:
+        comment.append(f"note: {arch_note}")
+    choice = choose_template(chat.template, template_mode)
     text, fmt = build_modelfile(chat.template, bos=chat.bos, eos=chat.eos, add_bos=chat.add_bos,
                                 from_path=rel if rel.startswith(".") else f"./{rel}", parameters=params, system=None,
-                                comment=comment + (f"\nnote: {arch_note}" if arch_note else ""), strict=strict)
+                                comment="\n".join(comment), strict=strict, template_mode=template_mode)
     from .gguf_out import atomic_output
 
+    env_path, env_text = None, ""
+    if setup is not None:
+        env_path, env_text = dest.parent / ENV_FILE, ollama_env_text(setup, model.name)
+        refuse_inputs(env_path, [("the model", model), ("the plan", plan)])
+        write_ollama_env(env_path, env_text)
     with atomic_output(dest) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    return ModelfileResult(dest, text, [*([arch_note] if arch_note else []), *engine_notes, *fmt.notes])
+    return ModelfileResult(dest, text, [*([arch_note] if arch_note else []), *engine_notes,
+                                        *(fmt.notes if fmt else []), *(setup.notes if setup else [])],
+                           choice, env_path, env_text)
 
 
 # -- the Modelfiles in modelfiles/ for the seed families ----------------------------------------------

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,6 +21,8 @@ import gguf
 import numpy as np
 
 from .errors import GgtoolError
+from .limits import check
+from .outputs import reserve, temporary_folder
 
 DEFAULT_HELDOUT = Path(__file__).resolve().parent.parent / "imatrix_data" / "heldout.txt"
 
@@ -91,33 +91,14 @@ def file_facts(path: Path) -> FileFacts:
     ftype = int(header.get(gguf.Keys.General.FILE_TYPE, -1))
     n_bytes = sum(t.n_bytes for t in header.tensors)
     n_params = sum(t.n_elements for t in header.tensors)
-    return FileFacts(FTYPE_NAMES.get(ftype, f"ftype {ftype}"), path.stat().st_size,
+    label = header.get("ggtool.mix.label")  # ggtool's own mix (mix.py): its label, not the nominal file type
+    return FileFacts(str(label) if label else FTYPE_NAMES.get(ftype, f"ftype {ftype}"), path.stat().st_size,
                      8 * n_bytes / n_params if n_params else float("nan"))
 
 
 def _stderr(values: np.ndarray) -> float | None:
     """Standard error of the mean of independent values (None for fewer than two)."""
     return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
-
-
-def _scratch_array(path: Path, shape: tuple[int, int]) -> np.memmap:
-    """A float32 array in a memory-mapped scratch file whose blocks are all allocated first: a full disk fails
-    here with one line, not later with SIGBUS when a page of the map cannot be written."""
-    n_bytes = shape[0] * shape[1] * 4
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.posix_fallocate(fd, 0, max(n_bytes, 1))
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise GgtoolError(f"{path.parent}: no space for the base model's log-probabilities "
-                              f"({n_bytes / 2**20:.0f} MiB) in the temporary folder ({e.strerror})",
-                              "free some space, point TMPDIR at a larger folder, or use --chunks") from None
-        raise
-    try:
-        return np.memmap(path, dtype=np.float32, mode="r+", shape=shape)
-    finally:
-        os.close(fd)
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -144,8 +125,9 @@ def evaluate(base: Path | str, variants: list[Path | str], text_file: Path | str
     text_path = Path(text_file) if text_file else DEFAULT_HELDOUT
     if not text_path.is_file():
         raise GgtoolError(f"{text_path}: no such file", "pass the held-out text with -f FILE")
-    if n_ctx < 8:
-        raise GgtoolError(f"--ctx {n_ctx} is too small", "use at least 8 (512 is usual)")
+    check("--ctx", n_ctx)
+    if max_chunks is not None:
+        check("--chunks", max_chunks)
     facts = {}
     for p in [base, *paths]:
         if not p.is_file():
@@ -157,12 +139,24 @@ def evaluate(base: Path | str, variants: list[Path | str], text_file: Path | str
     first = n_ctx // 2
     scored = n_ctx - 1 - first  # positions first .. n_ctx-2 predict tokens first+1 .. n_ctx-1
 
-    with tempfile.TemporaryDirectory(prefix="ggtool-eval-") as tmpdir:
+    # the base's log-probabilities in a named temporary folder ($TMPDIR/ggtool-eval-PID-*), removed on every exit
+    # path (and by the next run if this one is killed); the space is reserved up front, so a full disk is an
+    # error here rather than a SIGBUS when a mapped page is first written
+    with temporary_folder("eval") as tmpdir:
         with LlamaModel(base) as model:
             chunks = _chunks(model, text, n_ctx, max_chunks)
             n_vocab = model.n_vocab
             n = len(chunks) * scored
-            base_logp = _scratch_array(Path(tmpdir) / "base.f32", (n, n_vocab))
+            base_logp = np.lib.format.open_memmap(tmpdir / "base.npy", mode="w+", dtype=np.float32,
+                                                  shape=(n, n_vocab))
+            try:  # allocated now: a full disk fails here in one line, not later with SIGBUS on a mapped page
+                reserve(tmpdir / "base.npy", (tmpdir / "base.npy").stat().st_size)
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise
+                raise GgtoolError(f"{tmpdir}: no space left on device for the base model's log-probabilities "
+                                  f"({n * n_vocab * 4 / 2**20:.0f} MiB) in the temporary folder",
+                                  "free some space, point TMPDIR at a larger folder, or use --chunks") from None
             base_top = np.empty(n, dtype=np.int64)
             base_nll = np.empty(n)
             for i, c in enumerate(chunks):

@@ -20,6 +20,8 @@ from .errors import GgtoolError
 from .gguf_out import atomic_output
 from .gguf_in import read_header
 from .imatrix import Imatrix, check_matches, model_tensors, read_imatrix
+from .limits import check_regex
+from .outputs import output_folder, refuse_inputs
 
 # llama-quantize's names (tools/quantize/quantize.cpp QUANT_OPTIONS), COPY left out
 _NAMES = ["Q4_0", "Q4_1", "MXFP4_MOE", "Q5_0", "Q5_1", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M",
@@ -33,6 +35,10 @@ FTYPE_NAMES = {v: k for k, v in FTYPES.items()}
 # ftypes whose recipe quantizes some tensor to a type llama.cpp refuses to make without an importance matrix
 # (IQ1_S/IQ1_M/IQ2_XXS/IQ2_XS/IQ2_S/IQ3_XXS targets; Q2_K inside Q2_K_S)
 NEEDS_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S"}
+# tensor types llama.cpp can quantize to (ggml_quantize_chunk): an override to any other (F64, I32, Q8_1...) aborts it
+TENSOR_TYPES = ["F32", "F16", "BF16", "Q1_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "MXFP4", "NVFP4", "Q2_K", "Q3_K",
+                "Q4_K", "Q5_K", "Q6_K", "TQ1_0", "TQ2_0", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S",
+                "IQ1_M", "IQ4_NL", "IQ4_XS"]
 TYPES_NEEDING_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS"}  # tensor types, for overrides
 
 DEFAULT_TYPES = ["IQ2_M", "IQ3_M", "Q3_K_M", "Q4_K_M"]
@@ -62,16 +68,17 @@ def parse_tensor_type(spec: str) -> TensorType:
     if not sep or not pattern or not type_name:
         raise GgtoolError(f"--tensor-type {spec!r}: expected REGEX=TYPE", "e.g. --tensor-type 'ffn_down_exps=Q6_K'")
     pattern = pattern.lower()
+    check_regex(pattern, "--tensor-type")
     try:
         re.compile(pattern)
     except re.error as e:
         raise GgtoolError(f"--tensor-type {spec!r}: bad regular expression ({e})") from None
-    try:
-        qtype = gguf.GGMLQuantizationType[type_name.strip().upper()]
-    except KeyError:
-        names = ", ".join(t.name for t in gguf.GGMLQuantizationType)
-        raise GgtoolError(f"--tensor-type {spec!r}: unknown tensor type {type_name!r}",
-                          f"choose from {names}") from None
+    allowed = [n for n in TENSOR_TYPES if n in gguf.GGMLQuantizationType.__members__]
+    if type_name.strip().upper() not in allowed:
+        what = "is not a tensor type llama.cpp quantizes to" if type_name.strip().upper() in \
+            gguf.GGMLQuantizationType.__members__ else "is an unknown tensor type"
+        raise GgtoolError(f"--tensor-type {spec!r}: {type_name!r} {what}", f"choose from {', '.join(allowed)}")
+    qtype = gguf.GGMLQuantizationType[type_name.strip().upper()]
     return TensorType(pattern, qtype.name, int(qtype))
 
 
@@ -159,8 +166,8 @@ def _quantize(model: Path, dest: Path, type_name: str, im: Imatrix | None, label
 
     if not dest.parent.is_dir():
         raise GgtoolError(f"{dest.parent}: output folder does not exist", "create it first or choose another -o")
-    if dest.exists() and dest.resolve() == model.resolve():
-        raise GgtoolError(f"{dest}: is the input model", "choose another output folder")
+    refuse_inputs(dest, [("the input model", model), ("the importance matrix", label if label and Path(label).is_file()
+                                                       else None)])
     t0 = time.perf_counter()
     means = im.means() if im is not None else None
     kvs = imatrix_kv_overrides(im, label or "imatrix", len(means)) if im is not None else []
@@ -189,12 +196,11 @@ def quantize(model: Path | str, out_dir: Path | str, types: list[str] = DEFAULT_
     if im is None:
         for n in names:
             _refuse_without_imatrix(n, tts, model)
-    if not out_dir.parent.is_dir():
-        raise GgtoolError(f"{out_dir.parent}: folder does not exist", "create it first or choose another -o")
-    created = not out_dir.exists()
-    out_dir.mkdir(exist_ok=True)
+    for n in names:
+        refuse_inputs(out_dir / output_name(model, n), [("the input model", model), ("the importance matrix",
+                                                        imatrix if isinstance(imatrix, (str, Path)) else None)])
     done = []
-    try:
+    with output_folder(out_dir):  # removed again if this run created it and fails
         for i, n in enumerate(names):
             if progress:
                 progress(n, i, len(names), None)
@@ -202,8 +208,40 @@ def quantize(model: Path | str, out_dir: Path | str, types: list[str] = DEFAULT_
             done.append(v)
             if progress:
                 progress(n, i, len(names), v)
-    except BaseException:
-        if created and not any(out_dir.iterdir()):  # a failed or interrupted run leaves no empty folder behind
-            out_dir.rmdir()
-        raise
     return done
+
+
+def quantize_to_size(model: Path | str, out_dir: Path | str, *, target_bytes: int | None = None,
+                     target_bpw: float | None = None, imatrix: Path | str | Imatrix | None = None,
+                     tensor_types: list[str] = (), calibration: list[Path] | None = None, nthread: int = 0,
+                     candidates: list[str] | None = None, progress: Callable[[str, int, int], None] | None = None):  # noqa: ANN201 (mix.MixResult)
+    """ggtool's own mix at a file size or bits per weight (see mix.py), into `out_dir` as
+    <Basename>-<SizeLabel>-MIX-<bpw>BPW.gguf; `tensor_types` still win over the mix."""
+    from .mix import CANDIDATES, choose_and_write
+
+    model, out_dir = Path(model), Path(out_dir)
+    tts = [parse_tensor_type(t) for t in tensor_types]
+    cands = CANDIDATES
+    if candidates:
+        names = [c.strip().upper() for c in candidates]
+        bad = [c for c in names if c not in TENSOR_TYPES or c not in gguf.GGMLQuantizationType.__members__]
+        if bad:
+            raise GgtoolError(f"--mix-types: unknown tensor type {bad[0]!r}", f"e.g. --mix-types {','.join(CANDIDATES)}")
+        cands = tuple(names)
+    shapes = _check_model(model)
+    im, label = _load_imatrix(imatrix, shapes, model)
+    if im is None:
+        _refuse_without_imatrix("Q8_0", tts, model)
+    kvs = imatrix_kv_overrides(im, label, len(im.means())) if im is not None else []
+    inputs = [("the input model", model),
+              ("the importance matrix", imatrix if isinstance(imatrix, (str, Path)) else None),
+              *[("the calibration text", c) for c in calibration or []]]
+
+    def dest(bpw: float) -> Path:
+        path = out_dir / output_name(model, f"MIX-{bpw:.2f}BPW")
+        refuse_inputs(path, inputs)
+        return path
+    with output_folder(out_dir):  # removed again if this run created it and fails
+        return choose_and_write(model, dest, target_bytes=target_bytes, target_bpw=target_bpw, imatrix=im,
+                                tensor_types=tts, kv_overrides=kvs, calibration=calibration, candidates=cands,
+                                n_threads=nthread, progress=progress)

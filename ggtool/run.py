@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import GgtoolError
-from .gguf_in import read_header, recommended_sampling as gguf_sampling
+from .gguf_in import SAMPLING_KEYS, read_header, recommended_sampling as gguf_sampling
+from .limits import check_gguf_model, check_sampling
 from .families import by_arch
 from .llama.model import ContextOptions, LlamaModel, Sampling
 from .templates import render_chat
@@ -21,12 +22,15 @@ class Completion:
 
 
 def require_runnable(path: Path, action: str = "run") -> None:
-    """Refuse, with the family's reason, a GGUF whose architecture no llama.cpp graph computes (run, quantize), or
-    whose graph comes from ggtool's llama.cpp patch when the installed build lacks it."""
+    """Refuse, with the family's reason, a GGUF whose architecture no llama.cpp graph computes (run, quantize), one
+    whose graph comes from ggtool's llama.cpp patch when the installed build lacks it, and one whose shape metadata
+    would make llama.cpp abort (block and expert counts outside its limits)."""
     try:
-        arch = read_header(path).get("general.architecture")
+        header = read_header(path)
     except GgtoolError:  # missing or malformed: the caller's own load reports it
         return
+    check_gguf_model(header)
+    arch = header.get("general.architecture")
     family = by_arch(arch) if arch is not None else None
     if family is not None and not family.runnable:
         raise GgtoolError(f"{path}: cannot {action} architecture {family.arch} in llama.cpp: "
@@ -44,6 +48,16 @@ def require_runnable(path: Path, action: str = "run") -> None:
     check_loads(path)  # llama.cpp aborts the process on some malformed files: asked in a child first
 
 
+def check_context(path: Path, n_prompt: int, max_tokens: int) -> None:
+    """Refuse a prompt plus completion longer than the model's context length (the KV cache is sized by it)."""
+    header = read_header(path)
+    limit = header.get(f"{header.get('general.architecture')}.context_length")
+    if isinstance(limit, int) and n_prompt + max_tokens > limit:
+        raise GgtoolError(f"--max-tokens {max_tokens}: the prompt's {n_prompt} tokens and the completion need a "
+                          f"context of {n_prompt + max_tokens}, beyond {path.name}'s context length {limit}",
+                          f"use -n {max(1, limit - n_prompt)} or less")
+
+
 LLAMA_CPP_DEFAULT_TEMPERATURE = 0.8  # llama-cli's, when the GGUF recommends none
 
 
@@ -54,6 +68,7 @@ def recommended_sampling(path: Path, **overrides) -> Sampling:
         recommended = gguf_sampling(read_header(path).get)
     except GgtoolError:  # the load reports it
         recommended = {}
+    check_sampling(recommended, str(path), SAMPLING_KEYS)
     values = {"temperature": LLAMA_CPP_DEFAULT_TEMPERATURE, **recommended}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Sampling(**values)
@@ -130,6 +145,7 @@ def stream(path: Path, prompt: str, max_tokens: int = 128, chat: bool = False, p
         add_special = not (chat and bos and prompt.startswith(bos))
         ids = model.tokenize(prompt, add_special=add_special, parse_special=chat)
         if len(ids) + max_tokens > opts.n_ctx:
+            check_context(path, len(ids), max_tokens)
             opts.n_ctx = len(ids) + max_tokens
         out: list[int] = []
         pending = b""

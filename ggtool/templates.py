@@ -372,3 +372,8 @@ def render_chat(template: str, messages: list[dict], *, bos_token: str = "", eos
         raise GgtoolError(f"the chat template failed to render: {e}") from None
     except (ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as e:
         raise GgtoolError(f"the chat template failed to render: {type(e).__name__}: {e}") from None
+
+
+def parse_template(template: str) -> None:
+    """Refuse, in one line, a template that does not parse in this environment (without rendering it)."""
+    _compile(template)

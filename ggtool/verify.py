@@ -170,9 +170,14 @@ def verify_readback(family, src: Path, gguf_path: Path, n_tokens: int, ftype: gg
 
 def verify(src: Path, gguf_path: Path, n_tokens: int = 64) -> VerifyResult:
     """Compare llama.cpp on `gguf_path` with the source family's reference model on the same ids."""
+    from .gguf_in import read_header
+    from .limits import check, check_gguf_model
+
+    check("--tokens", n_tokens)
     ckpt = Checkpoint(Path(src))
     family = detect(ckpt)
     ftype = file_type_of(Path(gguf_path))
+    check_gguf_model(read_header(Path(gguf_path)))
     if ftype not in TOLERANCES:
         raise GgtoolError(f"{gguf_path}: file type {ftype.name} is not a conversion output",
                           "verify compares f32/f16/bf16/q8_0 conversions; use `ggtool eval` for quantized files")

@@ -57,7 +57,8 @@ def main() -> None:
     console.rule("[bold green]demo finished")
     for title, seconds in timings:
         console.print(f"  {seconds:6.1f} s  {title}")
-    console.print(f"outputs in {OUT}/: {ladder_dir.name}/ (GGUF ladder, imatrix.gguf, quality.json, Modelfile), "
+    console.print(f"outputs in {OUT}/: {ladder_dir.name}/ (GGUF ladder, imatrix.gguf, quality.json, Modelfile, "
+                  f"ollama.env), "
                   f"{plan.name}, lmstudio/  —  {time.perf_counter() - t0:.0f} s, peak RSS of a step {peak:.0f} MiB")
 
 

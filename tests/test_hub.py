@@ -166,3 +166,62 @@ def test_publish_dry_run_writes_the_card(ladder):
     card = (ladder / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: gguf") and "| `OLMoE-tiny-Q4_K_M.gguf` | Q4_K_M |" in card
     assert "| 1 GiB VRAM + 6 GiB RAM | `OLMoE-tiny-IQ3_M.gguf` |" in card
+
+
+@pytest.fixture(scope="module")
+def real_ladder(olmoe_checkpoint, olmoe_imatrix, tmp_path_factory) -> Path:
+    """A ladder of real GGUFs: converted from a checkpoint whose card names a license, quantized with an imatrix."""
+    from ggtool.convert import convert
+    from ggtool.quantize import quantize_one
+
+    src = tmp_path_factory.mktemp("card-src") / "olmoe-tiny"
+    src.mkdir()
+    for f in olmoe_checkpoint.iterdir():
+        (src / f.name).symlink_to(f)
+    (src / "README.md").write_text("---\nlicense: apache-2.0\n---\n# olmoe-tiny\n")
+    folder = tmp_path_factory.mktemp("card-ladder")
+    f16 = convert(src, folder / "olmoe-tiny-F16.gguf", "f16").dest
+    q = quantize_one(f16, folder / "olmoe-tiny-Q4_K_M.gguf", "Q4_K_M", olmoe_imatrix, nthread=1).path
+    quality = {"base": f16.name, "text": "heldout.txt", "n_tokens": 1024,
+               "variants": [{"file": q.name, "type": "Q4_K_M", "size_bytes": q.stat().st_size, "bpw": 4.9,
+                             "ppl": 20.5, "kl_mean": 0.0123, "kl_p99": 0.17, "top1": 0.955}]}
+    (folder / "quality.json").write_text(json.dumps(quality))
+    return folder
+
+
+def test_card_front_matter_parses_as_hub_metadata(real_ladder):
+    """The card's front matter is what the Hub reads (huggingface_hub's ModelCard / ModelCardData, offline)."""
+    from huggingface_hub import ModelCard
+
+    r = run_cli("publish", real_ladder, "--repo", "me/olmoe-tiny-GGUF", "--dry-run",
+                "--base-model", "testorg/olmoe-tiny", "--recommend", "CPU only=olmoe-tiny-Q4_K_M.gguf")
+    assert r.returncode == 0, r.stderr
+    card = ModelCard.load(real_ladder / "README.md", ignore_metadata_errors=False)
+    data = card.data.to_dict()
+    assert data["base_model"] == "testorg/olmoe-tiny" and data["base_model_relation"] == "quantized"
+    assert data["license"] == "apache-2.0"  # from the source card, through the GGUF's general.license
+    assert data["quantized_by"] == "me" and data["pipeline_tag"] == "text-generation"
+    assert {"gguf", "imatrix", "olmoe"} <= set(data["tags"]) and data["library_name"] == "gguf"
+    text = card.text
+    # prompt format: the GGUF's chat template on placeholders
+    from ggtool.ollama import read_gguf_chat
+    from ggtool.templates import render_chat
+
+    chat = read_gguf_chat(real_ladder / "olmoe-tiny-Q4_K_M.gguf")
+    want = render_chat(chat.template, [{"role": "system", "content": "{system_prompt}"},
+                                       {"role": "user", "content": "{prompt}"}], bos_token=chat.bos, eos_token=chat.eos)
+    assert "## Prompt format" in text and want.rstrip("\n") in text
+    from importlib.metadata import version
+
+    assert f"llama-cpp-python {version('llama_cpp_python')}" in text
+    assert "importance matrix from `calibration.txt`, 4 chunks" in text  # quantize.imatrix.* of the Q4_K_M file
+    assert "/tmp/" not in text  # no local paths in a public card
+    assert "| `olmoe-tiny-Q4_K_M.gguf` | Q4_K_M |" in text and "| CPU only | `olmoe-tiny-Q4_K_M.gguf` |" in text
+    # without --base-model nothing records the source repo: no model tree link, and nothing invented
+    r = run_cli("publish", real_ladder, "--repo", "me/olmoe-tiny-GGUF", "--dry-run",
+                "--recommend", "CPU only=olmoe-tiny-Q4_K_M.gguf", "--quantized-by", "someone")
+    assert r.returncode == 0, r.stderr
+    data = ModelCard.load(real_ladder / "README.md").data.to_dict()
+    assert "base_model" not in data and data["quantized_by"] == "someone" and data["license"] == "apache-2.0"
+    r = run_cli("publish", real_ladder, "--repo", "me/x", "--dry-run", "--base-model", "not a repo")
+    assert r.returncode == 1 and "--base-model" in r.stderr and "Traceback" not in r.stderr

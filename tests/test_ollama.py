@@ -70,7 +70,9 @@ def test_go_template_renders_the_jinja_prompt(go_render, name):
     assert [U1] in cases and [U1, A1, U2, A2, U3] in cases
     # through the Modelfile as Ollama's parser reads it; a default system message travels as SYSTEM, which
     # Ollama inserts as a first system message: the harness does the same
-    parts = modelfile_parts(modelfile_text(template, bos=bos, eos=eos, add_bos=add_bos, from_path="./m.gguf"))
+    # --template go: the derivation is checked for every template, also those `auto` defers to the GGUF's Jinja
+    parts = modelfile_parts(modelfile_text(template, bos=bos, eos=eos, add_bos=add_bos, from_path="./m.gguf",
+                                           template_mode="go"))
     assert parts["template"] == fmt.go_template()
     assert (parts["system"] or None) == (fmt.default_system or None)
     outs = render_go(go_render, parts["template"], cases, system=parts["system"] or "")
@@ -118,7 +120,8 @@ def ollama_parser_keeps(value: str) -> str:
 def modelfile_parts(text: str) -> dict:
     """FROM, TEMPLATE, SYSTEM and PARAMETERs of a Modelfile as ggtool writes it, as Ollama's parser reads them."""
     text = ollama_parser_keeps(text)
-    template = re.search(r'^TEMPLATE """(.*?)"""$', text, re.S | re.M).group(1)
+    template = re.search(r'^TEMPLATE """(.*?)"""$', text, re.S | re.M)
+    template = template.group(1) if template else None
     system = re.search(r'^SYSTEM """(.*?)"""$', text, re.S | re.M)
     params: dict[str, list[str]] = {}
     for key, value in re.findall(r"^PARAMETER (\S+) (.*)$", text, re.M):
@@ -142,7 +145,7 @@ def test_non_printable_characters_survive_the_modelfile(go_render):
 def test_modelfile_text_has_system_default_stops_and_parameters(go_render):
     template, bos, eos, add_bos, _ = PUBLIC["qwen2.5-default-system"]
     text = modelfile_text(template, bos=bos, eos=eos, add_bos=add_bos, from_path="./qwen.gguf",
-                          parameters={"temperature": 0.7, "top_k": 20, "num_ctx": 4096})
+                          parameters={"temperature": 0.7, "top_k": 20, "num_ctx": 4096}, template_mode="go")
     parts = modelfile_parts(text)
     assert parts["from"] == "./qwen.gguf"
     assert parts["system"] == "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -215,3 +218,49 @@ def test_checked_in_modelfiles_are_current(go_render):
         for msgs, out in zip([[U1], [S, U1, A1, U2]], outs):
             want = render_chat(template, msgs, bos_token=bos, eos_token=eos)
             assert effective_prompt(out, bos, add_bos) == effective_prompt(want, bos, add_bos), name
+
+
+# a ChatML template with reasoning: Ollama >= 0.30 sees "thinking" (<think> and </think> in the text)
+CHATML_THINK = ("{% for message in messages %}{% set content = message['content'] %}{% if message['role'] == "
+                "'assistant' and '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}"
+                "{{'<|im_start|>' + message['role'] + '\n' + content + '<|im_end|>\n'}}{% endfor %}"
+                "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n<think>\n' }}{% endif %}")
+
+
+def test_templates_with_tools_or_thinking_defer_to_the_gguf_jinja():
+    """Ollama >= 0.30 prefers the GGUF's Jinja over a Go TEMPLATE that lacks its tools/thinking: such templates get
+    no TEMPLATE (said in the Modelfile, with the reason); every other template gets the Go TEMPLATE, which then has
+    every capability Ollama reads from the Jinja, so Ollama uses it."""
+    from ggtool.ollama import DEFERRED_NOTE, ollama_jinja_capabilities
+
+    cases = {**SEEDS, **PUBLIC, "chatml-think": (CHATML_THINK, "", "<|im_end|>", False, False)}
+    deferred = {}
+    for name, (template, bos, eos, add_bos, _) in cases.items():
+        text = modelfile_text(template, bos=bos, eos=eos, add_bos=add_bos, from_path="./m.gguf")
+        parts = modelfile_parts(text)
+        caps = ollama_jinja_capabilities(template)
+        if caps:
+            assert parts["template"] is None and DEFERRED_NOTE in text, name
+            deferred[name] = re.search(r"^# no TEMPLATE: .*$", text, re.M).group(0)
+        else:
+            assert parts["template"] and "# template: Go TEMPLATE" in text, name
+            assert ".Tools" not in parts["template"] and ".Thinking" not in parts["template"]
+    assert sorted(deferred) == ["chatml-think", "qwen2.5-default-system"]
+    assert "has tools" in deferred["qwen2.5-default-system"] and "has thinking" in deferred["chatml-think"]
+    # the end-of-turn stops stay, and --template go still writes the Go TEMPLATE
+    qwen = PUBLIC["qwen2.5-default-system"]
+    text = modelfile_text(qwen[0], bos=qwen[1], eos=qwen[2], add_bos=qwen[3], from_path="./m.gguf")
+    assert modelfile_parts(text)["params"]["stop"] == ['"<|im_end|>"', '"<|im_start|>user"']
+    text = modelfile_text(qwen[0], bos=qwen[1], eos=qwen[2], add_bos=qwen[3], from_path="./m.gguf", template_mode="go")
+    assert modelfile_parts(text)["template"] and "OLLAMA_GO_TEMPLATE=1" in text
+
+
+def test_modelfile_command_prints_the_template_choice(tiny_gguf, tmp_path):
+    r = run_cli("modelfile", tiny_gguf, "-o", tmp_path / "Modelfile")
+    assert r.returncode == 0, r.stderr
+    assert "template: Go TEMPLATE" in r.stdout
+    r = run_cli("modelfile", tiny_gguf, "-o", tmp_path / "Modelfile", "--template", "jinja")
+    assert r.returncode == 0 and "template: no TEMPLATE" in r.stdout
+    assert modelfile_parts((tmp_path / "Modelfile").read_text())["template"] is None
+    r = run_cli("modelfile", tiny_gguf, "-o", tmp_path / "Modelfile", "--template", "bogus")
+    assert r.returncode != 0 and "Traceback" not in r.stderr

@@ -280,3 +280,26 @@ def test_recommend_picks_the_largest_variant_that_fits(tiny_gguf):
     assert just_q8 < host_f16
     picks = dict(recommend(paths, {"big": (0, 64 << 30), "q8": (0, just_q8), "none": (0, 1 << 20)}))
     assert picks == {"big": tiny_gguf["F16"].name, "q8": tiny_gguf["Q8_0"].name}
+
+
+def test_layers_only_alternative_matches_llama_cpp(tiny_gguf, rpc_endpoint):
+    """The plan Ollama users get without server settings (whole layers, f16 KV, no overrides) fits its budget in the
+    planner's model, and that model matches llama.cpp's buffers within 5% for it."""
+    path = tiny_gguf["Q8_0"]
+    shape = read_gguf(path)
+    found = None
+    # the smallest device on which experts go to RAM and layers-only offloads some repeating layers, not all
+    # (not ngl 1, the output layer alone: there the planner's device compute buffer is 15% under llama.cpp's, an
+    # open gap of the memory model outside this check)
+    for mib in range(2, 64):
+        budget = Budget([Device("RPC0", mib * MiB, 500e9, "rpc", 32)], 1 << 30, 50e9, margin=0.10)
+        r = plan(shape, budget, 1024)
+        lo = r.layers_only
+        if r.best.placement.cpu_expert_layers and lo and 1 < lo.placement.n_gpu_layers < shape.n_layer + 1:
+            found = (r, lo)
+            break
+    assert found, "no budget gives an expert plan with a partial layers-only alternative"
+    r, lo = found
+    assert lo.fits and not lo.placement.cpu_expert_layers and lo.placement.type_k == "f16"
+    assert lo.tokens_per_s < r.best.tokens_per_s
+    check_predictions(path, lo.placement, rpc_endpoint)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..checkpoint import Checkpoint
+from ..checkpoint import FLOAT_DTYPES, Checkpoint
 from ..errors import GgtoolError
 from ..vocab import Vocab, load_bpe_vocab
 
@@ -157,6 +157,10 @@ def validate_plan(ckpt: Checkpoint, plan: list[PlannedTensor], ignored: tuple[st
             if p.source not in ckpt.entries:
                 raise GgtoolError(f"tensor {p.source} is missing from the checkpoint (needed for {t.name})",
                                   "the checkpoint is incomplete or its config.json does not match its weights")
+            dtype = ckpt.entry(p.source).dtype
+            if dtype not in FLOAT_DTYPES:
+                raise GgtoolError(f"tensor {p.source} is stored as {dtype}, which does not convert exactly to float "
+                                  f"weights (needed for {t.name})", "re-save the checkpoint's weights as floats")
             got = ckpt.shape(p.source)
             if got != p.expect:
                 raise GgtoolError(f"tensor {p.source} has shape {list(got)} but config.json implies {list(p.expect)}",

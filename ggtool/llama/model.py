@@ -48,7 +48,8 @@ def log_lines() -> list[str]:
 def _last_error() -> str:
     lines = [ln.strip() for ln in log_lines() if ln.strip()]
     errors = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()]
-    return (errors or lines or ["no log output"])[-1]
+    specific = [ln for ln in errors if "error" in ln.lower()]  # "error loading model: <why>" over "failed to load"
+    return (specific or errors or lines or ["no log output"])[-1]
 
 
 @dataclass

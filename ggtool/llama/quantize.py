@@ -56,10 +56,11 @@ def _kv_array(kvs: list[tuple[str, str | int]]) -> ctypes.Array:
 
 
 def _params(ftype: int, imatrix: dict[str, np.ndarray] | None, tensor_types: list[tuple[str, int]],
-            kv_overrides: list[tuple[str, str | int]], nthread: int, keep: list) -> L.llama_model_quantize_params:
+            kv_overrides: list[tuple[str, str | int]], nthread: int, keep: list, dry_run: bool = False) -> L.llama_model_quantize_params:
     params = L.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = nthread
+    params.dry_run = dry_run
     if imatrix:
         arr = _imatrix_array(imatrix, keep)
         keep.append(arr)
@@ -115,7 +116,7 @@ def quantize_file(src: Path, dest: Path, ftype: int, imatrix: dict[str, np.ndarr
         return [tuple(f) for f in answer]
     if _disk_full(dest):
         name = re.sub(r"^\.(.+)\.\d+\.partial$", r"\1", dest.name)  # the final name, not atomic_output's
-        raise GgtoolError(f"{dest.parent}: no space left on the device while writing {name}",
+        raise GgtoolError(f"{dest.parent}: no space left on device while writing {name}",
                           "free some space or choose another output folder")
     raise GgtoolError(f"{src}: llama.cpp could not quantize it: {answer}")
 
@@ -127,3 +128,20 @@ def _disk_full(dest: Path) -> bool:
     except OSError:
         return False
     return st.f_bavail * st.f_frsize < (1 << 20)
+
+
+def planned_types(src: Path, ftype: int, tensor_types: list[tuple[str, int]] = (),
+                  imatrix: dict[str, np.ndarray] | None = None) -> dict[str, str]:
+    """The type llama.cpp would give each tensor of `src` (llama-quantize --dry-run: nothing is written, so this
+    runs in this process), by tensor name; tensors it leaves as they are (norms, the router, ...) are not listed."""
+    keep: list = []
+    params = _params(ftype, imatrix, list(tensor_types), [], 0, keep, dry_run=True)
+    _model._LOG.clear()
+    if L.llama_model_quantize(str(src).encode(), str(src).encode(), ctypes.byref(params)) != 0:
+        raise GgtoolError(f"{src}: llama.cpp could not plan its quantization: {_model._last_error()}")
+    out = {}
+    for line in _model.log_lines():
+        m = re.match(r"\[\s*\d+/\s*\d+\]\s+(\S+)\s+-.*->.*\((\w+)\)\s*$", line)
+        if m:
+            out[m.group(1)] = m.group(2).upper()
+    return out

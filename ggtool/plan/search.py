@@ -47,6 +47,9 @@ class PlanResult:
     runners_up: list[Candidate]
     given_up: list[str] = field(default_factory=list)
     n_tried: int = 0
+    # the fastest fitting plan that needs no tensor overrides and no server settings: whole layers only (ngl),
+    # f16 KV cache (what Ollama does without server environment); None when `best` is already one
+    layers_only: Candidate | None = None
 
 
 def expert_override_patterns(layers: tuple[int, ...]) -> list[str]:
@@ -160,7 +163,11 @@ def plan(shape: ModelShape, budget: Budget, n_ctx: int = 4096, n_batch: int = 51
             given_up.append(f"f16 KV cache ({p.type_k} instead): "
                             f"{same_f16[0].why_not if same_f16 else 'no fitting plan has it'}")
     runners = [c for c in fitting[1:] if c.placement != p][:4]
-    return PlanResult(shape, budget, best, runners, given_up, tried)
+    layers_only = None
+    if p.cpu_expert_layers or (p.type_k, p.type_v) != ("f16", "f16"):
+        layers_only = next((c for c in fitting if not c.placement.cpu_expert_layers
+                            and (c.placement.type_k, c.placement.type_v) == ("f16", "f16")), None)
+    return PlanResult(shape, budget, best, runners, given_up, tried, layers_only)
 
 
 def _ranges(layers: tuple[int, ...]) -> str:
