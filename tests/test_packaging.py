@@ -114,7 +114,8 @@ def test_commands_without_extras(converted, checkpoints, tmp_path):
     r = run_min("modelfile", quantized[0], "--plan", tmp_path / "plan.json", "-o", tmp_path / "Modelfile")
     assert r.returncode == 0 and "TEMPLATE" in (tmp_path / "Modelfile").read_text(), r.stderr
     r = run_min("export", "lmstudio", gguf_path, quantized[0], "--publisher", "ggtool", "--model", "OLMoE-tiny-GGUF",
-                "--root", tmp_path / "lms", "--copy")
+                "--root", tmp_path / "lms", "--copy",
+                "--hub-repo", "me/OLMoE-tiny-GGUF")  # model.yaml (yaml at run time) is written for a Hub repo only
     assert r.returncode == 0 and (tmp_path / "lms" / "ggtool" / "OLMoE-tiny-GGUF" / "model.yaml").is_file(), r.stderr
 
 
