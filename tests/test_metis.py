@@ -367,7 +367,8 @@ def test_clients_are_told_they_need_the_architecture(metis_f32, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "architecture metis" in r.stderr and "Ollama" in r.stderr
     assert "metis.patch" in (tmp_path / "Modelfile").read_text()
-    r = run_cli("export", "lmstudio", metis_f32, "--publisher", "me", "--model", "metis", "--root", tmp_path / "lms")
+    r = run_cli("export", "lmstudio", metis_f32, "--publisher", "me", "--model", "metis", "--root", tmp_path / "lms",
+                "--hub-repo", "me/metis-GGUF")  # model.yaml (written for a Hub repo only) carries the note too
     assert r.returncode == 0, r.stderr
     assert "LM Studio" in r.stderr and "metis.patch" in (tmp_path / "lms/me/metis/model.yaml").read_text()
 

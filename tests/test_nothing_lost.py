@@ -116,13 +116,13 @@ def test_export_refuses_a_folder_with_foreign_files_and_replace_keeps_them(model
     one_line_error(r, str(folder), "notes.txt", "other.gguf", "--replace")
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "other.gguf"]
     r = run_cli("export", "lmstudio", model, "--publisher", "P", "--model", "M", "--root", tmp_path / "R",
-                "--replace")
+                "--replace", "--hub-repo", "P/M-GGUF")  # with a Hub repo, model.yaml is ggtool's file too
     assert r.returncode == 0, r.stderr
     assert (folder / "notes.txt").read_text() == "mine" and (folder / "other.gguf").read_bytes() == b"GGUF not ggtool's"
     assert (folder / "m.gguf").is_file() and (folder / "model.yaml").is_file()
     # its own files are ggtool's to replace: a second export needs no --replace for them, and leaves the rest
     r = run_cli("export", "lmstudio", model, "--publisher", "P", "--model", "M", "--root", tmp_path / "R",
-                "--replace")
+                "--replace", "--hub-repo", "P/M-GGUF")  # with a Hub repo, model.yaml is ggtool's file too
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in folder.iterdir()) == sorted([OWNED, "m.gguf", "model.yaml", "notes.txt",
                                                                "other.gguf"])
