@@ -163,6 +163,7 @@ def test_quantize_on_a_full_disk_says_so_in_one_line(olmoe_gguf, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert "rc=1" in r.stdout, r.stdout + r.stderr
     assert len(lines) == 1 and "no space left" in lines[0] and "/q" in lines[0], r.stderr
+    assert "Q4_K_M.gguf" in lines[0] and ".partial" not in lines[0], r.stderr  # the final name, not the temporary one
     assert r.stdout.strip().splitlines()[-1] == "rc=1"  # the tmpfs is empty: no partial file, no empty folder
 
 

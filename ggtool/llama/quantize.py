@@ -115,7 +115,7 @@ def quantize_file(src: Path, dest: Path, ftype: int, imatrix: dict[str, np.ndarr
     if ok:
         return [tuple(f) for f in answer]
     if _disk_full(dest):
-        name = re.sub(r"^\.(.+)\.\d+\.partial$", r"\1", dest.name)  # the final name, not atomic_output's
+        name = re.sub(r"^\.(.+)\.\d+\.[0-9a-f]+\.partial$", r"\1", dest.name)  # final name (outputs.partial_name)
         raise GgtoolError(f"{dest.parent}: no space left on device while writing {name}",
                           "free some space or choose another output folder")
     raise GgtoolError(f"{src}: llama.cpp could not quantize it: {answer}")
