@@ -33,8 +33,7 @@ $(VENV)/.installed: pyproject.toml ggtool/llama/build.py $(wildcard patches/llam
 	$(PY) -m pip install -q "$$(cat $(VENV)/.llama-wheel)" -e '.[test]'
 	touch $@
 
-$(LLAMA_ARGS): tests/llama_args/main.cpp tests/llama_args/stubs.cpp tests/llama_args/build.sh $(VENV)/.installed
-	@python3 ggtool/llama/source.py >/dev/null
+$(LLAMA_ARGS): tests/llama_args/main.cpp tests/llama_args/stubs.cpp tests/llama_args/build.sh $(VENV)/.installed | llama-src
 	nice tests/llama_args/build.sh $(PY) $@
 
 $(LMSTUDIO_NODE): tests/node/lmstudio/package.json tests/node/lmstudio/package-lock.json

@@ -142,6 +142,16 @@ class SafetensorsFile:
         self._map.madvise(mmap.MADV_DONTNEED, start, self.data_start + e.end - start)
 
 
+def read_json(path: Path) -> dict | None:
+    """An optional JSON file (a checkpoint's tokenizer_config.json, ...), or None if absent."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise GgtoolError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+
+
 class Checkpoint:
     """A local checkpoint folder: config.json plus safetensors weights."""
 
@@ -253,10 +263,4 @@ class Checkpoint:
 
     def read_json(self, filename: str) -> dict | None:
         """An optional JSON side file of the checkpoint (tokenizer_config.json, ...), or None."""
-        path = self.folder / filename
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise GgtoolError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        return read_json(self.folder / filename)

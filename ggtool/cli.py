@@ -16,19 +16,12 @@ from rich.table import Table
 from .errors import GgtoolError
 from .limits import check
 from .outputs import refuse_inputs
+from .units import size_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Small Mixture-of-Experts checkpoints to GGUF files that run well in llama.cpp.")
 out = Console()
 err = Console(stderr=True)
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 @app.command()
@@ -45,7 +38,7 @@ def convert(src: Path = typer.Argument(..., help="checkpoint folder (config.json
 
     with contextlib.ExitStack() as stack:
         if not src.exists() and str(src).count("/") == 1:  # org/name[@revision]: through the Hub cache
-            from .hub import hub_source
+            from .hub_download import hub_source
 
             src = stack.enter_context(hub_source(str(src)))  # huggingface_hub shows its own download progress
         with Progress(TextColumn("[bold]convert[/] {task.description}"), BarColumn(), DownloadColumn(),
@@ -57,7 +50,7 @@ def convert(src: Path = typer.Argument(..., help="checkpoint folder (config.json
 
             result = run_convert(src, output, outtype, progress, lossless=lossless)
     out.print(f"[green]wrote[/] {result.dest}  ({result.family} → arch {result.arch}, {result.outtype}, "
-              f"{result.n_tensors} tensors, {human(result.n_bytes)}, {result.n_params / 1e6:.1f}M params, "
+              f"{result.n_tensors} tensors, {size_text(result.n_bytes)}, {result.n_params / 1e6:.1f}M params, "
               f"{result.seconds:.1f} s)")
 
 
@@ -80,15 +73,15 @@ def inspect(path: Path = typer.Argument(..., help="GGUF file"),
         for col in ("name", "type", "shape (ne0 first)", "bytes", "group"):
             table.add_column(col)
         for r in info.tensors:
-            table.add_row(r.name, r.type, str(r.shape), human(r.n_bytes), r.group)
+            table.add_row(r.name, r.type, str(r.shape), size_text(r.n_bytes), r.group)
         out.print(table)
-    groups = Table(title=f"bytes per group (file {human(info.file_bytes)})")
+    groups = Table(title=f"bytes per group (file {size_text(info.file_bytes)})")
     groups.add_column("group")
     groups.add_column("bytes", justify="right")
     groups.add_column("share", justify="right")
     total = sum(info.groups.values()) or 1
     for g, n in sorted(info.groups.items(), key=lambda kv: -kv[1]):
-        groups.add_row(g, human(n), f"{100 * n / total:.1f}%")
+        groups.add_row(g, size_text(n), f"{100 * n / total:.1f}%")
     out.print(groups)
     from .vocab import NORMALIZER_KEY
 
@@ -243,18 +236,19 @@ def plan_cmd(model: Path = typer.Argument(..., help="GGUF file, or a checkpoint 
     r = run_plan(shape, budget, ctx)
     best = r.best
     p = best.placement
-    table = Table(title=f"plan for {shape.name} ({shape.file_type or '?'}, {human(shape.weight_bytes)} of weights): "
+    weights = size_text(shape.weight_bytes)
+    table = Table(title=f"plan for {shape.name} ({shape.file_type or '?'}, {weights} of weights): "
                   f"ngl {p.n_gpu_layers}/{shape.n_layer + 1}, ctx {p.n_ctx}, KV {p.type_k}/{p.type_v}, "
                   f"flash attention {'on' if p.flash_attn else 'off'}, ≈{best.tokens_per_s:.1f} tokens/s")
     for col in ("memory", "weights", "KV cache", "compute", "output", "total", "budget − margin"):
         table.add_column(col, justify="right" if col != "memory" else "left")
     for d in devices:
         u = best.prediction.devices[d.name]
-        table.add_row(d.name, human(u.model), human(u.kv), human(u.compute), "", human(u.total),
-                      human(d.budget * (1 - margin)))
+        table.add_row(d.name, size_text(u.model), size_text(u.kv), size_text(u.compute), "", size_text(u.total),
+                      size_text(d.budget * (1 - margin)))
     h = best.prediction.host
-    table.add_row("host RAM", human(h.model), human(h.kv), human(h.compute), human(h.output), human(h.total),
-                  human(budget.ram * (1 - budget.ram_margin)))
+    table.add_row("host RAM", size_text(h.model), size_text(h.kv), size_text(h.compute), size_text(h.output),
+                  size_text(h.total), size_text(budget.ram * (1 - budget.ram_margin)))
     out.print(table)
     if p.cpu_expert_layers:
         out.print(f"experts of layers {p.cpu_expert_layers[0]}–{p.cpu_expert_layers[-1]} in RAM (-ot overrides); "
@@ -266,8 +260,8 @@ def plan_cmd(model: Path = typer.Argument(..., help="GGUF file, or a checkpoint 
         for c in r.runners_up:
             q = c.placement
             ru.add_row(str(q.n_gpu_layers), str(len(q.cpu_expert_layers)), q.type_k, "on" if q.flash_attn else "off",
-                       human(max((u.total for u in c.prediction.devices.values()), default=0)),
-                       human(c.prediction.host.total), f"{c.tokens_per_s:.1f}")
+                       size_text(max((u.total for u in c.prediction.devices.values()), default=0)),
+                       size_text(c.prediction.host.total), f"{c.tokens_per_s:.1f}")
         out.print(ru)
     for g in r.given_up:
         out.print(f"[yellow]given up:[/] {g}")
@@ -309,7 +303,7 @@ def rpc_server(host: str = typer.Option("127.0.0.1", "--host"),
 
 
 def _coverage_table(rows, title: str) -> None:
-    from .imatrix import UNROUTED_NOTE
+    from .imatrix_file import UNROUTED_NOTE
 
     gaps = [r for r in rows if r.unrouted]
     if not rows:
@@ -366,7 +360,7 @@ def imatrix_merge(inputs: list[Path] = typer.Argument(..., help="importance matr
                   chunk_size: int = typer.Option(0, "--chunk-size", help="chunk size for legacy inputs (0: from "
                                                  "the GGUF inputs, else 512)")) -> None:
     """Add several importance matrices into one, as llama-imatrix --in-file does."""
-    from .imatrix import coverage, merge, read_imatrix, write_imatrix
+    from .imatrix_file import coverage, merge, read_imatrix, write_imatrix
 
     if chunk_size:
         check("--chunk-size", chunk_size)
@@ -381,7 +375,7 @@ def imatrix_merge(inputs: list[Path] = typer.Argument(..., help="importance matr
 @app.command("imatrix-coverage")
 def imatrix_coverage(path: Path = typer.Argument(..., help="importance matrix (GGUF or legacy .dat)")) -> None:
     """Report which experts an importance matrix never saw, per tensor."""
-    from .imatrix import coverage, read_imatrix
+    from .imatrix_file import coverage, read_imatrix
 
     im = read_imatrix(path)
     out.print(f"{path}: {len(im.entries)} weights, {im.chunk_count} chunks of {im.chunk_size or '?'}, "
@@ -426,7 +420,7 @@ def quantize(model: Path = typer.Argument(..., help="GGUF model (F16/BF16/F32)")
         def progress(name: str, i: int, n: int, variant) -> None:  # noqa: ANN001
             bar.update(task, completed=i + (variant is not None), total=n, description=name)
             if variant is not None:
-                out.print(f"[green]wrote[/] {variant.path}  ({human(variant.size_bytes)}, "
+                out.print(f"[green]wrote[/] {variant.path}  ({size_text(variant.size_bytes)}, "
                                   f"{variant.seconds:.1f} s)", soft_wrap=True)
                 if variant.fallbacks:  # llama.cpp's shape fallback: row length not a multiple of the block
                     from collections import Counter
@@ -442,7 +436,7 @@ def quantize(model: Path = typer.Argument(..., help="GGUF model (F16/BF16/F32)")
     for col in ("type", "file", "size", "seconds"):
         table.add_column(col)
     for v in done:
-        table.add_row(v.type, str(v.path), human(v.size_bytes), f"{v.seconds:.1f}")
+        table.add_row(v.type, str(v.path), size_text(v.size_bytes), f"{v.seconds:.1f}")
     out.print(table)
 
 
@@ -470,8 +464,8 @@ def _quantize_mix(model: Path, output: Path, imatrix_file: Path | None, tensor_t
     for g, n, t, kl in r.rows:
         table.add_row(g, f"{n:,}", t, f"{kl:.5f}")
     out.print(table)
-    target = f"target {human(r.target_bytes)}" if size is not None else f"target {target_bpw:.2f} bpw"
-    out.print(f"[green]wrote[/] {r.path}  ({human(r.size_bytes)}, {r.bpw:.2f} bpw, {target}; calibration KL "
+    target = f"target {size_text(r.target_bytes)}" if size is not None else f"target {target_bpw:.2f} bpw"
+    out.print(f"[green]wrote[/] {r.path}  ({size_text(r.size_bytes)}, {r.bpw:.2f} bpw, {target}; calibration KL "
               f"{r.confirmed_kl:.5f} measured, {r.predicted_kl:.5f} predicted; {r.sensitivities.passes} sensitivity "
               f"passes, {r.seconds_total:.1f} s)", soft_wrap=True)
 
@@ -482,10 +476,10 @@ def _quality_table(r, ctx: int) -> Table:
     for col, just in (("file", "left"), ("type", "left"), ("size", "right"), ("bpw", "right"), ("PPL", "right"),
                       ("KL mean", "right"), ("±", "right"), ("KL p99", "right"), ("top-1", "right")):
         table.add_column(col, justify=just)
-    table.add_row(Path(r.base).name, r.base_type, human(r.base_size_bytes), f"{r.base_bpw:.2f}", f"{r.base_ppl:.4g}",
+    table.add_row(Path(r.base).name, r.base_type, size_text(r.base_size_bytes), f"{r.base_bpw:.2f}", f"{r.base_ppl:.4g}",
                   "0", "", "0", "100.0%")
     for v in r.variants:
-        table.add_row(Path(v.file).name, v.type, human(v.size_bytes), f"{v.bpw:.2f}", f"{v.ppl:.4g}",
+        table.add_row(Path(v.file).name, v.type, size_text(v.size_bytes), f"{v.bpw:.2f}", f"{v.ppl:.4g}",
                       f"{v.kl_mean:.4f}", f"{v.kl_stderr:.4f}" if v.kl_stderr is not None else "",
                       f"{v.kl_p99:.4f}", f"{100 * v.top1:.1f}%")
     return table

@@ -15,9 +15,11 @@ from .checkpoint import Checkpoint
 from .errors import GgtoolError
 from .families import detect
 from .families.base import Family, HParam, PlannedTensor, validate_plan
+from .gguf_out import FILE_TYPES, OUTTYPES, nbytes, tensor_type, write_gguf
 from .limits import check_hparams
+from .outputs import check_destination
+from .template_check import check_template
 from .templates import parse_template
-from .gguf_out import FILE_TYPES, OUTTYPES, check_destination, nbytes, tensor_type, write_gguf
 
 _WRITERS = {"u32": "add_uint32", "i32": "add_int32", "f32": "add_float32", "bool": "add_bool", "str": "add_string",
             "arr": "add_array"}
@@ -103,7 +105,6 @@ def convert(src: Path, dest: Path, outtype: str = "f16",
                                   "fix the template in tokenizer_config.json / chat_template.jinja") from None
     check_destination(dest, [("one of the conversion's inputs", p) for p in ckpt.input_paths()])
     if vocab.chat_template:  # a warning here; modelfile, export lmstudio and publish refuse
-        from .template_check import check_template
 
         bos, eos = (vocab.tokens[vocab.special[k]] if k in vocab.special else "" for k in ("bos", "eos"))
         for outcome in check_template(vocab.chat_template, bos, eos).problems():

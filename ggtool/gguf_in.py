@@ -330,3 +330,40 @@ def recommended_sampling(get) -> dict[str, float | int]:  # noqa: ANN001 (get: k
                               "the file is corrupted or was written by a broken converter")
         out[name] = int(v) if name in _INTEGER_SETTINGS else round(float(v), 6)
     return out
+
+
+@dataclass
+class GgufChat:
+    """What a GGUF says about chatting with it."""
+
+    name: str | None
+    template: str | None
+    bos: str
+    eos: str
+    add_bos: bool
+    context_length: int | None
+    sampling: dict[str, float | int] = field(default_factory=dict)
+    arch: str | None = None
+
+
+def read_gguf_chat(path: Path) -> GgufChat:
+    """The chat template, BOS/EOS texts, add_bos flag, context length and sampling defaults of a GGUF."""
+    path = Path(path)
+    header = read_header(path)  # bounded and checked: a corrupted file fails here with one line
+    value = header.get
+
+    def token_text(key: str) -> str:
+        tid = value(key)
+        if not isinstance(tid, int):
+            return ""
+        return header.string_at(gguf.Keys.Tokenizer.LIST, tid) or ""
+
+    arch = header.typed(gguf.Keys.General.ARCHITECTURE, str)
+    try:
+        sampling = recommended_sampling(value)
+    except GgtoolError as e:
+        raise GgtoolError(f"{path}: {e.message}", e.hint) from None
+    ctx = header.typed(gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=arch), int) if arch else None
+    return GgufChat(header.typed(gguf.Keys.General.NAME, str), header.typed(gguf.Keys.Tokenizer.CHAT_TEMPLATE, str),
+                    token_text(gguf.Keys.Tokenizer.BOS_ID), token_text(gguf.Keys.Tokenizer.EOS_ID),
+                    bool(header.typed(gguf.Keys.Tokenizer.ADD_BOS, bool, False)), ctx, sampling, arch)

@@ -17,7 +17,7 @@ import gguf
 import numpy as np
 
 from .errors import GgtoolError
-from .outputs import atomic_output, check_destination  # noqa: F401 (imported from here by the commands)
+from .outputs import atomic_output
 
 if TYPE_CHECKING:  # type hints only: the families import this module (ssmoelm encodes with it)
     from .checkpoint import Checkpoint

@@ -1,121 +1,31 @@
-"""The Hugging Face Hub in and out: `convert org/name[@revision]` and `publish DIR --repo org/name`.
-
-In: only the files conversion reads are fetched (allow_patterns), through huggingface_hub's cache, so a
-second conversion downloads nothing and HF_HUB_OFFLINE=1 works from the cache alone. Nothing from the repo
-is ever executed: a config.json whose model needs its own code (auto_map) and that no ggtool family
-converts is refused by name. Out: one commit with the GGUF ladder, its Modelfile / quality.json, and a
-generated model card.
-"""
+"""`ggtool publish DIR --repo org/name`: one commit to the Hugging Face Hub with the GGUF ladder, its
+Modelfile / quality.json, and a generated model card (downloads for `convert` are in hub_download.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Iterator
+
+import gguf
+import yaml
+from huggingface_hub import CommitOperationAdd, HfApi
 
 from .errors import GgtoolError
+from .gguf_in import read_gguf_chat, read_header
+from .hub_download import parse_repo_spec
+from .outputs import atomic_output
+from .plan.search import recommend
+from .template_check import ENGINES, check_template, enforce
+from .templates import render_chat
+from .units import size_text
 
-ALLOW_PATTERNS = ["config.json", "README.md", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
-                  "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                  "added_tokens.json", "chat_template.json", "chat_template.jinja", "*.tiktoken",
-                  "vocab.json", "merges.txt"]
-REPO_SPEC = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
 PUBLISH_PATTERNS = ("*.gguf", "Modelfile", "quality.json", "model.yaml", "imatrix*.gguf", "plan*.json")
 
 
-def parse_repo_spec(spec: str) -> tuple[str, str | None] | None:
-    """("org/name", revision or None) when `spec` is a Hub repo id, else None."""
-    m = REPO_SPEC.match(spec)
-    return (m["repo"], m["rev"]) if m else None
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def download(spec: str) -> Path:
-    """The snapshot folder of a Hub repo with the files conversion needs (downloaded unless cached)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
-
-    parsed = parse_repo_spec(spec)
-    if parsed is None:
-        raise GgtoolError(f"{spec}: neither a folder nor a Hub repo id (org/name[@revision])")
-    repo, rev = parsed
-    try:
-        folder = Path(snapshot_download(repo, revision=rev, allow_patterns=ALLOW_PATTERNS,
-                                        cache_dir=os.environ.get("HF_HUB_CACHE") or None,
-                                        local_files_only=_offline()))
-    except (LocalEntryNotFoundError, FileNotFoundError):
-        raise GgtoolError(f"{spec}: no such folder, and not in the local Hugging Face cache with the Hub unreachable "
-                          "(offline)", "download it once online, or unset HF_HUB_OFFLINE") from None
-    except GatedRepoError:
-        raise GgtoolError(f"{spec}: gated repo", "accept its terms on the Hub and log in (`hf auth login`)") from None
-    except RevisionNotFoundError:
-        raise GgtoolError(f"{spec}: no revision {rev!r}") from None
-    except RepositoryNotFoundError:
-        raise GgtoolError(f"{spec}: no such folder, and no such Hub repo (or it is private)") from None
-    check_snapshot(folder, spec)
-    return folder
-
-
-def check_snapshot(folder: Path, spec: str) -> None:
-    """Refuse a snapshot that lacks a file conversion needs, or whose model only its own remote code defines."""
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise GgtoolError(f"{spec}: has no config.json", "ggtool converts transformers-style checkpoints")
-    config = json.loads(config_path.read_text())
-    index = folder / "model.safetensors.index.json"
-    shards = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else []
-    missing = [s for s in shards if not (folder / s).is_file()]
-    if not shards and not list(folder.glob("*.safetensors")):
-        missing = ["*.safetensors"]
-    if missing:
-        raise GgtoolError(f"{spec}: missing {', '.join(missing)}",
-                          "the repo has no safetensors weights (pickle .bin files are refused), or the download "
-                          "was interrupted: run again online")
-    if "auto_map" in config:
-        from .checkpoint import Checkpoint
-        from .families import detect, supported
-
-        try:
-            detect(Checkpoint(folder))
-        except GgtoolError:
-            kind = config.get("model_type") or config.get("architectures") or "?"
-            raise GgtoolError(f"{spec}: model type {kind} is defined by the repo's own Python code "
-                              f"(auto_map: {', '.join(config['auto_map'])}); ggtool never runs remote code "
-                              "and has no converter for it", f"supported families: {supported()}") from None
-
-
-@contextlib.contextmanager
-def hub_source(spec: str) -> Iterator[Path]:
-    """A folder named after the repo whose files link to the cached snapshot (so the GGUF's general.name is the
-    repo's name, not a revision hash); removed afterwards. The cache itself is never modified."""
-    snapshot = download(spec)
-    name = parse_repo_spec(spec)[0].split("/")[1]
-    tmp = Path(tempfile.mkdtemp(prefix="ggtool-hub-"))
-    try:
-        folder = tmp / name
-        folder.mkdir()
-        for f in snapshot.iterdir():
-            (folder / f.name).symlink_to(f.resolve())
-        yield folder
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 # -- publish ---------------------------------------------------------------------------------------
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
 
 def _quant_tag(file: str, quality: dict | None) -> str:
     """The tag `ollama run hf.co/REPO:TAG` selects a file by (its quantization type)."""
@@ -149,10 +59,6 @@ def _hub_repo_id(url: str | None) -> str | None:
 
 def card_facts(ggufs: list[Path]) -> CardFacts:
     """The card's facts from the GGUF headers (files that are not readable GGUFs contribute nothing)."""
-    import gguf
-
-    from .gguf_in import read_header
-
     facts = CardFacts()
     G = gguf.Keys.General
     for path in ggufs:
@@ -171,8 +77,6 @@ def card_facts(ggufs: list[Path]) -> CardFacts:
             facts.imatrix = {"dataset": h.get("quantize.imatrix.dataset"),
                              "chunks": h.get("quantize.imatrix.chunks_count"), "file": h.get("quantize.imatrix.file")}
         if facts.chat_template is None and h.get("tokenizer.chat_template"):
-            from .ollama import read_gguf_chat
-
             chat = read_gguf_chat(path)
             facts.chat_template, facts.bos, facts.eos = chat.template, chat.bos, chat.eos
     return facts
@@ -180,8 +84,6 @@ def card_facts(ggufs: list[Path]) -> CardFacts:
 
 def prompt_format(template: str, bos: str, eos: str) -> str | None:
     """The chat template rendered on a placeholder conversation (system, user, generation prompt)."""
-    from .templates import render_chat
-
     for msgs in ([{"role": "system", "content": "{system_prompt}"}, {"role": "user", "content": "{prompt}"}],
                  [{"role": "user", "content": "{prompt}"}]):
         try:
@@ -193,8 +95,6 @@ def prompt_format(template: str, bos: str, eos: str) -> str | None:
 
 def llama_cpp_version() -> str:
     """The llama.cpp ggtool runs: the one vendored by the pinned llama-cpp-python."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return f"llama.cpp as vendored by llama-cpp-python {version('llama_cpp_python')}"
     except PackageNotFoundError:
@@ -207,8 +107,6 @@ def model_card(folder: Path, repo: str, recommendations: list[tuple[str, str]] |
     quantized_by, pipeline_tag, tags), prompt format, how the files were made (llama.cpp, importance matrix),
     quant table (from quality.json when present), recommended variant per memory budget (`recommendations`:
     (budget label, variant file) pairs, e.g. from the planner), usage."""
-    import yaml
-
     folder = Path(folder)
     ggufs = sorted(p for p in folder.glob("*.gguf") if not p.name.startswith("imatrix"))
     quality_path = folder / "quality.json"
@@ -257,10 +155,10 @@ def model_card(folder: Path, repo: str, recommendations: list[tuple[str, str]] |
                   "| file | type | size | bits/weight | KL mean | KL p99 | top-1 agreement | perplexity |",
                   "|---|---|---|---|---|---|---|---|"]
         for v in quality["variants"]:
-            lines.append(f"| `{v['file']}` | {v['type']} | {_size(v['size_bytes'])} | {v['bpw']:.2f} | "
+            lines.append(f"| `{v['file']}` | {v['type']} | {size_text(v['size_bytes'])} | {v['bpw']:.2f} | "
                          f"{v['kl_mean']:.4f} | {v['kl_p99']:.4f} | {100 * v['top1']:.1f}% | {v['ppl']:.3f} |")
     else:
-        lines += ["| file | size |", "|---|---|"] + [f"| `{p.name}` | {_size(p.stat().st_size)} |" for p in ggufs]
+        lines += ["| file | size |", "|---|---|"] + [f"| `{p.name}` | {size_text(p.stat().st_size)} |" for p in ggufs]
     if recommendations:
         lines += ["", "## Which file for your memory", "", "| memory budget | recommended file |", "|---|---|"]
         lines += [f"| {budget} | `{file}` |" for budget, file in recommendations]
@@ -290,9 +188,6 @@ class PublishResult:
 
 def check_templates(ggufs: list[Path], force: bool) -> list[str]:
     """Every distinct chat template among `ggufs` through the engines users run (refused unless `force`)."""
-    from .ollama import read_gguf_chat
-    from .template_check import ENGINES, check_template, enforce
-
     seen: dict[tuple, list[str]] = {}
     out: list[str] = []
     for path in ggufs:
@@ -325,7 +220,6 @@ def publish(folder: Path, repo: str, *, api=None, private: bool = False, dry_run
     if not any(p.suffix == ".gguf" for p in files):
         raise GgtoolError(f"{folder}: no .gguf files to publish", "run `ggtool ladder` or `ggtool quantize` first")
     if recommendations is None:  # the planner's answer for the card's standard budgets
-        from .plan.search import recommend
 
         recommendations = recommend([p for p in files if p.suffix == ".gguf" and not p.name.startswith("imatrix")])
     unknown = [f for _, f in recommendations or [] if not (folder / f).is_file()]
@@ -336,8 +230,6 @@ def publish(folder: Path, repo: str, *, api=None, private: bool = False, dry_run
     warnings = check_templates([p for p in files if p.suffix == ".gguf"], force)
     card = model_card(folder, repo, recommendations, base_model=base_model, quantized_by=quantized_by)
     if dry_run:
-        from .outputs import atomic_output
-
         readme = folder / "README.md"
         if readme.is_file() and "ggtool" not in readme.read_text(encoding="utf-8", errors="replace"):
             raise GgtoolError(f"{readme}: exists and is not a model card ggtool wrote",
@@ -345,7 +237,6 @@ def publish(folder: Path, repo: str, *, api=None, private: bool = False, dry_run
         with atomic_output(readme) as tmp:
             tmp.write_text(card, encoding="utf-8")
         return PublishResult(repo, [p.name for p in files], str(folder / "README.md"), warnings)
-    from huggingface_hub import CommitOperationAdd, HfApi
 
     api = api or HfApi()
     api.create_repo(repo, repo_type="model", private=private, exist_ok=True)

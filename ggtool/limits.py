@@ -14,7 +14,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 from .errors import GgtoolError
+
+try:
+    from re import _parser as sre_parse  # Python >= 3.11
+except ImportError:  # pragma: no cover (3.10)
+    import sre_parse
 
 # llama.cpp's own limits (ggml/include/ggml.h, src/llama-hparams.h of the pinned source)
 GGML_MAX_N_THREADS = 512
@@ -82,16 +89,11 @@ SAMPLING_OPTIONS = {"temperature": "--temp", "top_k": "--top-k", "top_p": "--top
 def _number(value: Any, integer: bool) -> float | None:
     """`value` as a number of the right kind, or None (bools and strings are not numbers)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:  # numpy scalars
-            import numpy as np
-
-            if isinstance(value, np.integer):
-                value = int(value)
-            elif isinstance(value, np.floating):
-                value = float(value)
-            else:
-                return None
-        except ImportError:  # pragma: no cover
+        if isinstance(value, np.integer):  # numpy scalars
+            value = int(value)
+        elif isinstance(value, np.floating):
+            value = float(value)
+        else:
             return None
     if integer and isinstance(value, float):
         return float(value) if math.isfinite(value) and value.is_integer() else None
@@ -255,10 +257,6 @@ def check_regex(pattern: str, option: str) -> None:
         raise GgtoolError(f"{option} {pattern[:40]!r}…: a regular expression of {len(pattern)} characters",
                           f"use at most {MAX_REGEX_LENGTH}")
     try:
-        try:
-            from re import _parser as sre_parse  # Python >= 3.11
-        except ImportError:  # pragma: no cover
-            import sre_parse
         parsed = sre_parse.parse(pattern)
     except re.error as e:
         raise GgtoolError(f"{option} {pattern!r}: bad regular expression ({e})") from None

@@ -27,9 +27,10 @@ import gguf
 import yaml
 
 from .errors import GgtoolError
-from .gguf_in import read_header
+from .families import client_note
+from .gguf_in import read_gguf_chat, read_header
+from .hub_download import parse_repo_spec
 from .outputs import atomic_output, output_folder, refuse_inputs
-from .ollama import read_gguf_chat
 from .template_check import ENGINES, check_template, enforce
 from .templates import render_chat
 
@@ -108,8 +109,6 @@ def check_variant(path: Path, force: bool = False, warnings: list[str] | None = 
 def model_yaml(publisher: str, model: str, variants: list[Variant], hub_repo: str) -> str:
     """model.yaml for the variants as published in `hub_repo` (org/name): the one concrete model is that Hub repo,
     the form LM Studio's virtual-model schema accepts."""
-    from .hub import parse_repo_spec
-
     parsed = parse_repo_spec(hub_repo)
     if parsed is None or parsed[1] is not None:
         raise GgtoolError(f"--hub-repo {hub_repo!r}: not a Hub repo id (org/name)")
@@ -127,7 +126,6 @@ def model_yaml(publisher: str, model: str, variants: list[Variant], hub_repo: st
     if fields:
         doc["config"] = {"operation": {"fields": fields}}
     listing = "".join(f"#   {v.path.name}: {v.file_type}, {v.path.stat().st_size} bytes\n" for v in variants)
-    from .families import client_note
 
     note = client_note(first.arch, "LM Studio")
     return (f"# written by ggtool export lmstudio for the Hub repo {user}/{repo}; variants:\n" + listing
@@ -203,7 +201,6 @@ def export(models: list[Path], publisher: str, model: str, root: Path | None = N
                 (dest / stale).unlink()
         with atomic_output(dest / OWNED) as tmp:
             tmp.write_text(json.dumps({"files": placed}, indent=1) + "\n", encoding="utf-8")
-    from .families import client_note
 
     note = client_note(variants[0].arch, "LM Studio")
     return ExportResult(dest, [dest / n for n in names], dest / "model.yaml" if manifest is not None else None,

@@ -23,16 +23,22 @@ server environment (plan/export.py `ollama_setup`), not in num_gpu.
 
 from __future__ import annotations
 
-import json
+import itertools
 import os
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-
 from .errors import GgtoolError
-from .gguf_in import read_header, recommended_sampling
-from .limits import check_plan
-from .outputs import refuse_inputs
+from .families import client_note
+from .families.metis import METIS_CHAT_TEMPLATE
+from .families.mixtral import NEO3_CHAT_TEMPLATE
+from .families.olmoe import TULU_TEMPLATE
+from .families.ssmoelm import CHAT_TEMPLATE as SSMOELM_TEMPLATE
+from .gguf_in import read_gguf_chat
+from .outputs import atomic_output, check_destination, refuse_inputs
+from .plan.export import load_plan, ollama_env_text, ollama_modelfile_comment, ollama_setup, write_ollama_env
+from .template_check import LLAMA_CPP, check_template, enforce
 from .templates import render_chat
 
 ROLE_LETTERS = {"s": "system", "u": "user", "a": "assistant"}
@@ -360,8 +366,6 @@ def _check(d: _Deriver, fmt: ChatFormat, strict: bool) -> None:
 
 def _trimmed_roles(fmt: ChatFormat, msgs: list[dict], want: str, d: _Deriver) -> tuple[str, ...]:
     """The smallest set of roles whose trimmed content makes the derived format match the template, or ()."""
-    import itertools
-
     roles = ("system", "user", "assistant")
     for n in (1, 2, 3):
         for combo in itertools.combinations(roles, n):
@@ -373,8 +377,6 @@ def _trimmed_roles(fmt: ChatFormat, msgs: list[dict], want: str, d: _Deriver) ->
 
 
 def _fixed_day(day: int):  # noqa: ANN202
-    from datetime import datetime
-
     return datetime(2024, 1, day, 12, 0, 0)
 
 
@@ -504,56 +506,6 @@ def build_modelfile(template: str, *, bos: str, eos: str, add_bos: bool, from_pa
 
 
 @dataclass
-class GgufChat:
-    """What a GGUF says about chatting with it."""
-
-    name: str | None
-    template: str | None
-    bos: str
-    eos: str
-    add_bos: bool
-    context_length: int | None
-    sampling: dict[str, float | int] = field(default_factory=dict)
-    arch: str | None = None
-
-
-def read_gguf_chat(path: Path) -> GgufChat:
-    """The chat template, BOS/EOS texts, add_bos flag, context length and sampling defaults of a GGUF."""
-    path = Path(path)
-    header = read_header(path)  # bounded and checked: a corrupted file fails here with one line
-    value = header.get
-
-    def token_text(key: str) -> str:
-        tid = value(key)
-        if not isinstance(tid, int):
-            return ""
-        return header.string_at("tokenizer.ggml.tokens", tid) or ""
-
-    arch = header.typed("general.architecture", str)
-    try:
-        sampling = recommended_sampling(value)
-    except GgtoolError as e:
-        raise GgtoolError(f"{path}: {e.message}", e.hint) from None
-    ctx = header.typed(f"{arch}.context_length", int) if arch else None
-    return GgufChat(header.typed("general.name", str), header.typed("tokenizer.chat_template", str),
-                    token_text("tokenizer.ggml.bos_token_id"), token_text("tokenizer.ggml.eos_token_id"),
-                    bool(header.typed("tokenizer.ggml.add_bos_token", bool, False)), ctx, sampling, arch)
-
-
-def read_plan(path: Path) -> dict:
-    """A plan JSON (`ggtool plan --json`): at least n_ctx and n_gpu_layers."""
-    try:
-        plan = json.loads(Path(path).read_text())
-        check_plan(plan, str(path))
-        return plan
-    except FileNotFoundError:
-        raise GgtoolError(f"{path}: no such plan file") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise GgtoolError(f"{path}: not a ggtool plan (needs n_ctx and n_gpu_layers): {e}",
-                          "write one with `ggtool plan -o plan.json`") from None
-
-
-@dataclass
 class ModelfileResult:
     dest: Path
     text: str
@@ -571,16 +523,11 @@ def write_modelfile(model: Path, dest: Path, plan: Path | None = None, strict: b
     """Write an Ollama Modelfile for `model` (a GGUF) at `dest`, FROM relative to the Modelfile's folder; with a
     plan, also the server environment that realises it (ollama.env beside the Modelfile). Refuses a template
     llama.cpp's engine (Ollama >= 0.30 renders the GGUF's Jinja with it) renders unlike jinja2, unless `force`."""
-    from .plan.export import ollama_env_text, ollama_modelfile_comment, ollama_setup, write_ollama_env
-
     model, dest = Path(model), Path(dest)
     chat = read_gguf_chat(model)
     if not chat.template:
         raise GgtoolError(f"{model}: has no tokenizer.chat_template", "convert it from a folder with a chat template")
-    if not dest.parent.is_dir():
-        raise GgtoolError(f"{dest.parent}: output folder does not exist")
-    from .template_check import LLAMA_CPP, check_template, enforce
-
+    check_destination(dest, [("the model", model), ("the plan", plan)], example="Modelfile")
     engine_notes = enforce(check_template(chat.template, chat.bos, chat.eos, (LLAMA_CPP,)), str(model), (LLAMA_CPP,),
                            force)
     rel = os.path.relpath(model.resolve(), dest.parent.resolve())
@@ -588,10 +535,9 @@ def write_modelfile(model: Path, dest: Path, plan: Path | None = None, strict: b
     comment = [f"generated by ggtool from {model.name}'s tokenizer.chat_template"]
     setup = None
     if plan is not None:
-        setup = ollama_setup(read_plan(plan))
+        setup = ollama_setup(load_plan(plan))
         params.update(setup.parameters)
         comment += ollama_modelfile_comment(setup, ENV_FILE)
-    from .families import client_note
 
     arch_note = client_note(chat.arch, "Ollama")
     if arch_note:
@@ -600,7 +546,6 @@ def write_modelfile(model: Path, dest: Path, plan: Path | None = None, strict: b
     text, fmt = build_modelfile(chat.template, bos=chat.bos, eos=chat.eos, add_bos=chat.add_bos,
                                 from_path=rel if rel.startswith(".") else f"./{rel}", parameters=params, system=None,
                                 comment="\n".join(comment), strict=strict, template_mode=template_mode)
-    from .gguf_out import atomic_output
 
     env_path, env_text = None, ""
     if setup is not None:
@@ -617,10 +562,6 @@ def write_modelfile(model: Path, dest: Path, plan: Path | None = None, strict: b
 # -- the Modelfiles in modelfiles/ for the seed families ----------------------------------------------
 
 def _seed_table() -> dict[str, dict]:
-    from .families.mixtral import NEO3_CHAT_TEMPLATE
-    from .families.ssmoelm import CHAT_TEMPLATE as SSMOELM_TEMPLATE
-    from .fixtures import METIS_CHAT_TEMPLATE, TULU_TEMPLATE
-
     # template, BOS/EOS texts and add_bos as ggtool's conversion writes them; sampling from each card
     return {
         "SmartMoE-1B-7B": dict(template=TULU_TEMPLATE, bos="<|endoftext|>", eos="<|endoftext|>", add_bos=False,

@@ -47,13 +47,15 @@ def refuse_inputs(dest: Path | str, inputs: Iterable[tuple[str, Path | str | Non
                               "choose an output path that is not one of the command's inputs")
 
 
-def check_destination(dest: Path, inputs: Iterable = ()) -> None:
-    """Refuse an output whose folder is missing, that is a folder, or that would overwrite one of the inputs."""
+def check_destination(dest: Path, inputs: Iterable = (), example: str | None = None) -> None:
+    """Refuse an output whose folder is missing, that is a folder, or that would overwrite one of the inputs
+    (`example`: a file name to suggest instead of a folder)."""
     dest = Path(dest)
     if not dest.parent.is_dir():
         raise GgtoolError(f"{dest.parent}: output folder does not exist", "create it first or choose another -o")
     if dest.is_dir():
-        raise GgtoolError(f"{dest}: is a folder", "pass a file name")
+        raise GgtoolError(f"{dest}: is a folder",
+                          f"pass a file name such as {example}" if example else "pass a file name")
     refuse_inputs(dest, inputs)
 
 
@@ -103,20 +105,27 @@ def atomic_output(dest: Path | str) -> Iterator[Path]:
     dest = Path(dest)
     clean_leftovers(dest)
     tmp = partial_name(dest)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    os.close(fd)
-    try:
+    ours = True
+    try:  # created inside the try: a Ctrl-C right after the file appears still removes it
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:  # another writer's file (PID and random suffix make it unlikely): leave it
+            ours = False
+            raise
+        os.close(fd)
         yield tmp
         os.replace(tmp, dest)
     except OSError as e:
         if e.errno is None and _nearly_full(dest.parent):  # numpy's short write: "N requested and M written"
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest)) from None
-        if e.errno is not None and e.filename is None:  # a failed write() names no file: this one it was
+        # a failed write() names no file, and an error on the temporary file is one on the file being written
+        if e.errno is not None and ours and e.filename in (None, str(tmp)):
             raise OSError(e.errno, e.strerror, str(dest)) from None
         raise
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if ours:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
 
 def _nearly_full(folder: Path) -> bool:

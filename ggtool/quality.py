@@ -20,9 +20,15 @@ from typing import Callable
 import gguf
 import numpy as np
 
+from .calibration import model_chunks
+from .divergence import kl_rows, log_softmax
 from .errors import GgtoolError
+from .gguf_in import read_header
 from .limits import check
-from .outputs import reserve, temporary_folder
+from .llama.ggml_types import FILE_TYPE_NAMES
+from .llama.model import ContextOptions, LlamaModel
+from .outputs import atomic_output, reserve, temporary_folder
+from .runnable import require_runnable
 
 DEFAULT_HELDOUT = Path(__file__).resolve().parent.parent / "imatrix_data" / "heldout.txt"
 
@@ -67,8 +73,6 @@ class EvalReport:
                 "base_type": self.base_type, "base_size_bytes": self.base_size_bytes, "base_bpw": self.base_bpw}
 
     def write_json(self, dest: Path | str) -> Path:
-        from .gguf_out import atomic_output
-
         dest = Path(dest)
         with atomic_output(dest) as tmp:
             tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
@@ -84,15 +88,12 @@ class FileFacts:
 
 def file_facts(path: Path) -> FileFacts:
     """File type name, size and bits per weight (8 × tensor bytes / parameters, both counted from the GGUF)."""
-    from .gguf_in import read_header
-    from .quantize import FTYPE_NAMES
-
     header = read_header(path)
     ftype = int(header.get(gguf.Keys.General.FILE_TYPE, -1))
     n_bytes = sum(t.n_bytes for t in header.tensors)
     n_params = sum(t.n_elements for t in header.tensors)
     label = header.get("ggtool.mix.label")  # ggtool's own mix (mix.py): its label, not the nominal file type
-    return FileFacts(str(label) if label else FTYPE_NAMES.get(ftype, f"ftype {ftype}"), path.stat().st_size,
+    return FileFacts(str(label) if label else FILE_TYPE_NAMES.get(ftype, f"ftype {ftype}"), path.stat().st_size,
                      8 * n_bytes / n_params if n_params else float("nan"))
 
 
@@ -101,14 +102,7 @@ def _stderr(values: np.ndarray) -> float | None:
     return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True, dtype=np.float64)).astype(np.float32)
-
-
 def _chunks(model, text: str, n_ctx: int, max_chunks: int | None) -> list[list[int]]:
-    from .imatrix import model_chunks
-
     ids = model.tokenize(text, add_special=True)  # as llama-perplexity
     return model_chunks(model, ids, n_ctx, max_chunks, "held-out text", "--ctx")
 
@@ -117,9 +111,6 @@ def evaluate(base: Path | str, variants: list[Path | str], text_file: Path | str
              max_chunks: int | None = None, n_threads: int = 0,
              progress: Callable[[str, int, int], None] | None = None) -> EvalReport:
     """Perplexity, KL divergence from `base` (mean and 99th percentile) and top-1 agreement of each variant."""
-    from .llama.model import ContextOptions, LlamaModel
-    from .run import require_runnable
-
     base = Path(base)
     paths = [Path(v) for v in variants]
     text_path = Path(text_file) if text_file else DEFAULT_HELDOUT
@@ -160,7 +151,7 @@ def evaluate(base: Path | str, variants: list[Path | str], text_file: Path | str
             base_top = np.empty(n, dtype=np.int64)
             base_nll = np.empty(n)
             for i, c in enumerate(chunks):
-                logp = _log_softmax(model.logits(c, opts)[first:n_ctx - 1])
+                logp = log_softmax(model.logits(c, opts)[first:n_ctx - 1])
                 rows = slice(i * scored, (i + 1) * scored)
                 base_logp[rows] = logp
                 base_top[rows] = logp.argmax(axis=1)
@@ -179,10 +170,10 @@ def evaluate(base: Path | str, variants: list[Path | str], text_file: Path | str
                     raise GgtoolError(f"{path}: vocabulary of {model.n_vocab} tokens, the base has {n_vocab}",
                                       "compare variants of the same model")
                 for i, c in enumerate(chunks):
-                    logq = _log_softmax(model.logits(c, opts)[first:n_ctx - 1])
+                    logq = log_softmax(model.logits(c, opts)[first:n_ctx - 1])
                     rows = slice(i * scored, (i + 1) * scored)
                     logp = np.asarray(base_logp[rows])
-                    kl[rows] = np.maximum((np.exp(logp) * (logp - logq)).sum(axis=1, dtype=np.float64), 0.0)
+                    kl[rows] = kl_rows(logp, logq)
                     nll[rows] = -logq[np.arange(scored), c[first + 1:]]
                     agree[rows] = logq.argmax(axis=1) == base_top[rows]
                     if progress:

@@ -17,40 +17,17 @@ from typing import Callable
 import gguf
 
 from .errors import GgtoolError
-from .gguf_out import atomic_output
 from .gguf_in import read_header
-from .imatrix import Imatrix, check_matches, model_tensors, read_imatrix
+from .imatrix_file import Imatrix, check_matches, model_tensors, read_imatrix
 from .limits import check_regex
-from .outputs import output_folder, refuse_inputs
-
-# llama-quantize's names (tools/quantize/quantize.cpp QUANT_OPTIONS), COPY left out
-_NAMES = ["Q4_0", "Q4_1", "MXFP4_MOE", "Q5_0", "Q5_1", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M",
-          "TQ1_0", "TQ2_0", "Q2_K", "Q2_K_S", "IQ3_XXS", "IQ3_S", "IQ3_M", "IQ3_XS", "Q3_K_S", "Q3_K_M", "Q3_K_L",
-          "IQ4_NL", "IQ4_XS", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0", "F16", "BF16", "F32", "Q1_0"]
-FTYPES: dict[str, int] = {n: int(gguf.LlamaFileType["ALL_F32" if n == "F32" else f"MOSTLY_{n}"]) for n in _NAMES
-                          if ("ALL_F32" if n == "F32" else f"MOSTLY_{n}") in gguf.LlamaFileType.__members__}
-ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
-FTYPE_NAMES = {v: k for k, v in FTYPES.items()}
-
-# ftypes whose recipe quantizes some tensor to a type llama.cpp refuses to make without an importance matrix
-# (IQ1_S/IQ1_M/IQ2_XXS/IQ2_XS/IQ2_S/IQ3_XXS targets; Q2_K inside Q2_K_S)
-NEEDS_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S"}
-# tensor types llama.cpp can quantize to (ggml_quantize_chunk): an override to any other (F64, I32, Q8_1...) aborts it
-TENSOR_TYPES = ["F32", "F16", "BF16", "Q1_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "MXFP4", "NVFP4", "Q2_K", "Q3_K",
-                "Q4_K", "Q5_K", "Q6_K", "TQ1_0", "TQ2_0", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S",
-                "IQ1_M", "IQ4_NL", "IQ4_XS"]
-TYPES_NEEDING_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS"}  # tensor types, for overrides
+from .llama.ggml_types import (FILE_TYPES, FILE_TYPES_NEEDING_IMATRIX, GGML_TYPES, TENSOR_TYPES,
+                          TENSOR_TYPES_NEEDING_IMATRIX, file_type)
+from .llama.quantize import quantize_file
+from .mix import CANDIDATES, choose_and_write
+from .outputs import atomic_output, check_destination, output_folder, refuse_inputs
+from .runnable import require_runnable
 
 DEFAULT_TYPES = ["IQ2_M", "IQ3_M", "Q3_K_M", "Q4_K_M"]
-
-
-def ftype_name(name: str) -> str:
-    """llama-quantize's canonical name for a type given in any case (aliases resolved)."""
-    key = name.strip().upper()
-    key = ALIASES.get(key, key)
-    if key not in FTYPES:
-        raise GgtoolError(f"unknown quantization type {name!r}", f"choose from {', '.join(FTYPES)}")
-    return key
 
 
 @dataclass
@@ -73,13 +50,11 @@ def parse_tensor_type(spec: str) -> TensorType:
         re.compile(pattern)
     except re.error as e:
         raise GgtoolError(f"--tensor-type {spec!r}: bad regular expression ({e})") from None
-    allowed = [n for n in TENSOR_TYPES if n in gguf.GGMLQuantizationType.__members__]
-    if type_name.strip().upper() not in allowed:
-        what = "is not a tensor type llama.cpp quantizes to" if type_name.strip().upper() in \
-            gguf.GGMLQuantizationType.__members__ else "is an unknown tensor type"
-        raise GgtoolError(f"--tensor-type {spec!r}: {type_name!r} {what}", f"choose from {', '.join(allowed)}")
-    qtype = gguf.GGMLQuantizationType[type_name.strip().upper()]
-    return TensorType(pattern, qtype.name, int(qtype))
+    name = type_name.strip().upper()
+    if name not in TENSOR_TYPES:
+        what = "is not a tensor type llama.cpp quantizes to" if name in GGML_TYPES else "is an unknown tensor type"
+        raise GgtoolError(f"--tensor-type {spec!r}: {type_name!r} {what}", f"choose from {', '.join(TENSOR_TYPES)}")
+    return TensorType(pattern, name, GGML_TYPES[name])
 
 
 def output_name(model: Path | str, type_name: str) -> str:
@@ -121,8 +96,6 @@ def imatrix_kv_overrides(im: Imatrix, label: str, n_entries: int) -> list[tuple[
 
 
 def _check_model(model: Path) -> dict[str, tuple[int, ...]]:
-    from .run import require_runnable
-
     if not model.is_file():
         raise GgtoolError(f"{model}: no such file")
     shapes = model_tensors(model)
@@ -139,8 +112,8 @@ def _load_imatrix(imatrix: Path | str | Imatrix | None, shapes: dict, model: Pat
 
 
 def _refuse_without_imatrix(type_name: str, tensor_types: list[TensorType], model: Path) -> None:
-    needing = [type_name] if type_name in NEEDS_IMATRIX else []
-    needing += [t.type_name for t in tensor_types if t.type_name in TYPES_NEEDING_IMATRIX]
+    needing = [type_name] if type_name in FILE_TYPES_NEEDING_IMATRIX else []
+    needing += [t.type_name for t in tensor_types if t.type_name in TENSOR_TYPES_NEEDING_IMATRIX]
     if needing:
         raise GgtoolError(f"{needing[0]} needs an importance matrix",
                           f"make one with `ggtool imatrix {model} -o imatrix.gguf` and pass --imatrix imatrix.gguf")
@@ -151,7 +124,7 @@ def quantize_one(model: Path | str, dest: Path | str, type_name: str, imatrix: P
                  nthread: int = 0) -> QuantizedVariant:
     """Quantize `model` to `dest` with llama.cpp's recipe for `type_name` (e.g. IQ3_M), atomically."""
     model, dest = Path(model), Path(dest)
-    type_name = ftype_name(type_name)
+    type_name = file_type(type_name)
     tts = [t if isinstance(t, TensorType) else parse_tensor_type(t) for t in tensor_types]
     shapes = _check_model(model)
     im, label = _load_imatrix(imatrix, shapes, model)
@@ -162,17 +135,13 @@ def quantize_one(model: Path | str, dest: Path | str, type_name: str, imatrix: P
 
 def _quantize(model: Path, dest: Path, type_name: str, im: Imatrix | None, label: str | None,
               tts: list[TensorType], nthread: int) -> QuantizedVariant:
-    from .llama.quantize import quantize_file
-
-    if not dest.parent.is_dir():
-        raise GgtoolError(f"{dest.parent}: output folder does not exist", "create it first or choose another -o")
-    refuse_inputs(dest, [("the input model", model), ("the importance matrix", label if label and Path(label).is_file()
-                                                       else None)])
+    check_destination(dest, [("the input model", model),
+                             ("the importance matrix", label if label and Path(label).is_file() else None)])
     t0 = time.perf_counter()
     means = im.means() if im is not None else None
     kvs = imatrix_kv_overrides(im, label or "imatrix", len(means)) if im is not None else []
     with atomic_output(dest) as tmp:
-        fell = quantize_file(model, tmp, FTYPES[type_name], means, [(t.pattern, t.ggml_type) for t in tts], kvs,
+        fell = quantize_file(model, tmp, FILE_TYPES[type_name], means, [(t.pattern, t.ggml_type) for t in tts], kvs,
                              nthread)
     return QuantizedVariant(type_name, dest, dest.stat().st_size, time.perf_counter() - t0, label, fell)
 
@@ -187,7 +156,7 @@ def quantize(model: Path | str, out_dir: Path | str, types: list[str] = DEFAULT_
     before (variant None) and after each one.
     """
     model, out_dir = Path(model), Path(out_dir)
-    names = [ftype_name(t) for t in types]
+    names = [file_type(t) for t in types]
     if not names:
         raise GgtoolError("no quantization types given", f"e.g. --types {','.join(DEFAULT_TYPES)}")
     tts = [parse_tensor_type(t) for t in tensor_types]
@@ -217,14 +186,12 @@ def quantize_to_size(model: Path | str, out_dir: Path | str, *, target_bytes: in
                      candidates: list[str] | None = None, progress: Callable[[str, int, int], None] | None = None):  # noqa: ANN201 (mix.MixResult)
     """ggtool's own mix at a file size or bits per weight (see mix.py), into `out_dir` as
     <Basename>-<SizeLabel>-MIX-<bpw>BPW.gguf; `tensor_types` still win over the mix."""
-    from .mix import CANDIDATES, choose_and_write
-
     model, out_dir = Path(model), Path(out_dir)
     tts = [parse_tensor_type(t) for t in tensor_types]
     cands = CANDIDATES
     if candidates:
         names = [c.strip().upper() for c in candidates]
-        bad = [c for c in names if c not in TENSOR_TYPES or c not in gguf.GGMLQuantizationType.__members__]
+        bad = [c for c in names if c not in TENSOR_TYPES]
         if bad:
             raise GgtoolError(f"--mix-types: unknown tensor type {bad[0]!r}", f"e.g. --mix-types {','.join(CANDIDATES)}")
         cands = tuple(names)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import GgtoolError
 from .gguf_in import SAMPLING_KEYS, read_header, recommended_sampling as gguf_sampling
-from .limits import check_gguf_model, check_sampling
-from .families import by_arch
+from .limits import check_sampling
 from .llama.model import ContextOptions, LlamaModel, Sampling
+from .runnable import require_runnable
 from .templates import render_chat
 
 
@@ -19,33 +20,6 @@ class Completion:
     text: str
     n_prompt_tokens: int
     n_tokens: int
-
-
-def require_runnable(path: Path, action: str = "run") -> None:
-    """Refuse, with the family's reason, a GGUF whose architecture no llama.cpp graph computes (run, quantize), one
-    whose graph comes from ggtool's llama.cpp patch when the installed build lacks it, and one whose shape metadata
-    would make llama.cpp abort (block and expert counts outside its limits)."""
-    try:
-        header = read_header(path)
-    except GgtoolError:  # missing or malformed: the caller's own load reports it
-        return
-    check_gguf_model(header)
-    arch = header.get("general.architecture")
-    family = by_arch(arch) if arch is not None else None
-    if family is not None and not family.runnable:
-        raise GgtoolError(f"{path}: cannot {action} architecture {family.arch} in llama.cpp: "
-                          f"{family.not_runnable_reason}", "`ggtool inspect` and `ggtool verify` work on it")
-    if family is not None and family.patched_arch:
-        from .llama import arch as llama_arch
-        from .llama.build import BUILD_COMMAND
-
-        if not llama_arch.available(family.arch):
-            raise GgtoolError(f"{path}: this llama.cpp build lacks architecture {family.arch}, so it cannot {action} it",
-                              f"build llama-cpp-python with ggtool's patches/llama.cpp/{family.arch}.patch: "
-                              f"`{BUILD_COMMAND}` in a ggtool checkout, ~10 min")
-    from .llama.probe import check_loads
-
-    check_loads(path)  # llama.cpp aborts the process on some malformed files: asked in a child first
 
 
 def check_context(path: Path, n_prompt: int, max_tokens: int) -> None:
@@ -87,14 +61,8 @@ def _chat_prompt(model: LlamaModel, path: Path, prompt: str) -> tuple[str, str]:
     template = model.meta("tokenizer.chat_template")
     if not template:
         raise GgtoolError(f"{path}: has no tokenizer.chat_template", "run without --chat")
-
-    def token_text(key: str) -> str:
-        value = model.meta(key)
-        return model.piece(int(value), special=True).decode("utf-8", "replace") if value else ""
-
-    bos = token_text("tokenizer.ggml.bos_token_id")
-    text = render_chat(template, [{"role": "user", "content": prompt}],
-                       bos_token=bos, eos_token=token_text("tokenizer.ggml.eos_token_id"))
+    bos, eos = model.chat_tokens()
+    text = render_chat(template, [{"role": "user", "content": prompt}], bos_token=bos, eos_token=eos)
     return text, bos
 
 
@@ -126,8 +94,6 @@ def stream(path: Path, prompt: str, max_tokens: int = 128, chat: bool = False, p
            sampling: Sampling | None = None) -> StreamResult:
     """Generate with a plan applied (devices, n_gpu_layers, overrides, KV types), calling on_text per piece;
     greedy unless `sampling` says otherwise."""
-    import time
-
     path = Path(path)
     require_runnable(path)
     plan = plan or {}

@@ -8,11 +8,17 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+from tokenizers import Tokenizer
 
 from .checkpoint import Checkpoint
+from .divergence import log_softmax
 from .errors import GgtoolError
 from .families import detect
+from .gguf_in import read_header
+from .limits import check, check_gguf_model
 from .llama.model import ContextOptions, LlamaModel
+from .runnable import require_runnable
+from .vocab import NORMALIZER_KEY
 
 SAMPLE_TEXT = (
     "The quick brown fox jumps over the lazy dog. In 1969, 384,400 km away, the first words were spoken "
@@ -90,21 +96,13 @@ class VerifyResult:
                 and (self.tokenizer is None or self.tokenizer.passed))
 
 
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
 def mean_kl(ref_logits: np.ndarray, test_logits: np.ndarray) -> float:
     """Mean over positions of KL(reference || test)."""
-    lp, lq = log_softmax(ref_logits), log_softmax(test_logits)
+    lp, lq = log_softmax(ref_logits.astype(np.float64)), log_softmax(test_logits.astype(np.float64))
     return float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
 
 
 def file_type_of(path: Path) -> gguf.LlamaFileType:
-    from .gguf_in import read_header
-
     file_type = read_header(path).get(gguf.Keys.General.FILE_TYPE)
     if file_type is None:
         raise GgtoolError(f"{path}: has no general.file_type", "was it written by a GGUF converter?")
@@ -126,10 +124,6 @@ def check_tokenizer(src: Path, model: LlamaModel, normal_form: str | None) -> To
     shows the known difference on text that is not in that form."""
     path = Path(src) / "tokenizer.json"
     if not path.is_file():
-        return None
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
         return None
     try:
         hf = Tokenizer.from_file(str(path))
@@ -170,9 +164,6 @@ def verify_readback(family, src: Path, gguf_path: Path, n_tokens: int, ftype: gg
 
 def verify(src: Path, gguf_path: Path, n_tokens: int = 64) -> VerifyResult:
     """Compare llama.cpp on `gguf_path` with the source family's reference model on the same ids."""
-    from .gguf_in import read_header
-    from .limits import check, check_gguf_model
-
     check("--tokens", n_tokens)
     ckpt = Checkpoint(Path(src))
     family = detect(ckpt)
@@ -184,9 +175,6 @@ def verify(src: Path, gguf_path: Path, n_tokens: int = 64) -> VerifyResult:
     tol = TOLERANCES[ftype]
     if not family.runnable:
         return verify_readback(family, Path(src), Path(gguf_path), n_tokens, ftype, tol)
-    from .gguf_in import read_header
-    from .run import require_runnable
-    from .vocab import NORMALIZER_KEY
 
     require_runnable(Path(gguf_path), "verify")
     form = read_header(Path(gguf_path)).get(NORMALIZER_KEY)

@@ -9,7 +9,6 @@ differs.
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -17,9 +16,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import gguf
+from gguf.vocab import SentencePieceVocab
+from sentencepiece import SentencePieceProcessor
 
+from .checkpoint import read_json
 from .errors import GgtoolError
-from .pre_tokenizers import GPT2_SPLIT, LLAMA3_SPLIT, LLAMA_PRE_TOKENIZERS, PreTokenizer, choose, flatten  # noqa: F401
+from .pre_tokenizers import PreTokenizer, choose, flatten
 
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
 
@@ -128,15 +130,6 @@ def _token_content(value) -> str | None:
     return value
 
 
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise GgtoolError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-
-
 def chat_templates(folder: Path, tokenizer_config: dict | None) -> tuple[str | None, dict[str, str]]:
     """The default chat template and the named ones, read as transformers 5.x reads them: chat_template.jinja
     over tokenizer_config.json's chat_template (a string, or a list of {name, template}), and each
@@ -151,7 +144,7 @@ def chat_templates(folder: Path, tokenizer_config: dict | None) -> tuple[str | N
     if jinja.is_file():
         template = jinja.read_text(encoding="utf-8")
     elif template is None and json_file.is_file():  # a processor's template file
-        found = (_read_json(json_file) or {}).get("chat_template")
+        found = (read_json(json_file) or {}).get("chat_template")
         template = found if isinstance(found, str) else None
     extra = folder / "additional_chat_templates"
     if extra.is_dir():
@@ -204,7 +197,7 @@ def token_table(tj: dict, n_vocab: int, path: Path) -> tuple[list[str], list[int
 def load_bpe_vocab(folder: Path, n_vocab: int, config: dict) -> Vocab:
     """A byte-level BPE tokenizer.json as a GGUF `gpt2` vocabulary padded to the embedding's rows."""
     path = folder / "tokenizer.json"
-    tj = _read_json(path)
+    tj = read_json(path)
     if tj is None:
         raise GgtoolError(f"{path}: not found", "the checkpoint needs its tokenizer.json to make a usable GGUF")
     model = tj.get("model", {})
@@ -218,7 +211,7 @@ def load_bpe_vocab(folder: Path, n_vocab: int, config: dict) -> Vocab:
     tokens, types = token_table(tj, n_vocab, path)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
 
-    tc = _read_json(folder / "tokenizer_config.json")
+    tc = read_json(folder / "tokenizer_config.json")
     special = special_token_ids(tokens, tc, config, {})
     post_bos, post_eos = _add_special_from_post_processor(tj.get("post_processor"))
     add_bos = (tc or {}).get("add_bos_token", post_bos or False)
@@ -333,9 +326,6 @@ def _check_sentencepiece(path: Path, specs: dict) -> None:
 
 def _sentencepiece_tokens(path: Path) -> tuple[list[str], list[float], list[int], dict[str, int], bool]:
     """Tokens, scores, types, special ids and add_space_prefix of a tokenizer.model."""
-    from gguf.vocab import SentencePieceVocab
-    from sentencepiece import SentencePieceProcessor
-
     specs = sentencepiece_specs(path)
     _check_sentencepiece(path, specs)
     spv = SentencePieceVocab(path.parent)  # also reads added_tokens.json, as llama.cpp's converter does
@@ -441,7 +431,7 @@ def special_token_ids(tokens: list[str], tc: dict | None, config: dict, found: d
 def load_llama_vocab(folder: Path, n_vocab: int, config: dict) -> Vocab:
     """A SentencePiece tokenizer.model (preferred) or byte-fallback BPE tokenizer.json as a GGUF `llama` vocabulary."""
     spm_path, json_path = folder / "tokenizer.model", folder / "tokenizer.json"
-    tj = _read_json(json_path)
+    tj = read_json(json_path)
     if spm_path.is_file():
         tokens, scores, types, found, add_space = _sentencepiece_tokens(spm_path)
         where = spm_path
@@ -466,7 +456,7 @@ def load_llama_vocab(folder: Path, n_vocab: int, config: dict) -> Vocab:
         scores.append(-1000.0)
         types.append(TOKEN_UNUSED)
 
-    tc = _read_json(folder / "tokenizer_config.json")
+    tc = read_json(folder / "tokenizer_config.json")
     if isinstance((tc or {}).get("add_prefix_space"), bool):  # transformers rebuilds the tokenizer with it
         add_space = tc["add_prefix_space"]
     for i, entry in ((tc or {}).get("added_tokens_decoder") or {}).items():  # tokens HF adds on top of the model

@@ -6,7 +6,8 @@
 
 Layers, top to bottom (README "How it is built"): cli -> commands -> shared modules -> llama/ -> errors and
 the package's constants. A command
-is a module `cli.py` dispatches to (the `plan/` package counts as one command). An arrow is *upward* when
+is a module `cli.py` dispatches to and that does the command's work. `plan/` is a shared library (the placement
+model, search and exports that run, modelfile, publish and cli's `plan` command all use), not a command. An arrow is *upward* when
 a lower layer imports a higher one, *sideways* when one command imports another; `ladder` chains the
 other commands by design, and the modules of one package (plan/*, families/*, llama/*) may import each
 other. `fixtures` (test builders) should be imported by tests, bench and scripts only. Imports under
@@ -24,7 +25,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ggtool"
 COMMANDS = {"convert", "inspect", "verify", "run", "imatrix", "quantize", "quality", "ladder", "ollama", "lmstudio",
-            "hub", "plan"}
+            "hub"}
 CHAINS = {"ladder"}  # commands that run other commands by design
 LAYERS = {"cli": 0, "command": 1, "shared": 2, "llama": 3, "base": 4}
 BASE = {"errors", "__init__"}  # below everything: the one error type, the package's constants

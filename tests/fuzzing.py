@@ -228,7 +228,7 @@ def campaign(model: Path, imatrix_gguf: Path, imatrix_dat: Path, n_gguf: int, n_
 
     for name in ("ggtool.cli", "ggtool.llama.model", "ggtool.llama.probe", "ggtool.inspect", "ggtool.plan.search",
                  "ggtool.plan.memory", "ggtool.ollama", "ggtool.lmstudio", "ggtool.run", "ggtool.imatrix",
-                 "ggtool.templates"):
+                 "ggtool.imatrix_file", "ggtool.templates"):
         importlib.import_module(name)  # imported once here, inherited by every forked run
 
     report = Report()
@@ -262,7 +262,8 @@ def make_inputs(folder: Path) -> tuple[Path, Path, Path]:
     """A tiny OLMoE GGUF (Q8_0), an importance matrix of it (GGUF) and the same matrix as legacy .dat."""
     from ggtool import fixtures
     from ggtool.convert import convert
-    from ggtool.imatrix import collect, read_imatrix, write_legacy
+    from ggtool.imatrix import collect
+    from ggtool.imatrix_file import read_imatrix, write_legacy
 
     tok = fixtures.train_bpe_tokenizer(folder / "bpe")
     ckpt = fixtures.make_olmoe(folder / "olmoe-tiny", tok, layers=2)

@@ -51,7 +51,7 @@ def test_ladder_on_the_default_model_importance_matrix_beats_a_flat_one(tmp_path
     """Issue 5's quality claims on the model they are made for, with the ladder's own importance matrix and
     held-out text: KL divergence rises as bits per weight fall, and IQ2_M / IQ3_M quantized with the matrix
     are closer to the base than the same types quantized with a flat (all-ones) matrix."""
-    from ggtool.imatrix import read_imatrix
+    from ggtool.imatrix_file import read_imatrix
     from ggtool.quality import evaluate
     from ggtool.quantize import quantize_one
 

@@ -81,7 +81,7 @@ def test_fuzz_every_command_on_mutated_models_and_imatrices(small_gguf, olmoe_im
     modelfile, export lmstudio and run -n 1, every imatrix mutant (GGUF and legacy .dat) through
     imatrix-coverage and imatrix-merge; each run under RLIMIT_AS and a deadline. No traceback, no internal
     error, no hang, no signal, and peak RSS under 200 MB in every run."""
-    from ggtool.imatrix import read_imatrix, write_legacy
+    from ggtool.imatrix_file import read_imatrix, write_legacy
 
     inputs = tmp_path / "inputs"
     inputs.mkdir()

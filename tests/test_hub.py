@@ -77,7 +77,7 @@ def test_remote_code_model_is_refused_by_name(olmoe_checkpoint, offline_cache, t
 def test_allow_patterns_cover_conversion_inputs_only():
     from fnmatch import fnmatch
 
-    from ggtool.hub import ALLOW_PATTERNS
+    from ggtool.hub_download import ALLOW_PATTERNS
 
     def allowed(name: str) -> bool:
         return any(fnmatch(name, p) for p in ALLOW_PATTERNS)
@@ -204,7 +204,7 @@ def test_card_front_matter_parses_as_hub_metadata(real_ladder):
     assert {"gguf", "imatrix", "olmoe"} <= set(data["tags"]) and data["library_name"] == "gguf"
     text = card.text
     # prompt format: the GGUF's chat template on placeholders
-    from ggtool.ollama import read_gguf_chat
+    from ggtool.gguf_in import read_gguf_chat
     from ggtool.templates import render_chat
 
     chat = read_gguf_chat(real_ladder / "olmoe-tiny-Q4_K_M.gguf")

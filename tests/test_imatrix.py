@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from ggtool import fixtures
+from ggtool import calibration as cal_mod, imatrix_file
+
 from ggtool import imatrix as im_mod
 from ggtool.convert import convert
 from ggtool.errors import GgtoolError
-from ggtool.imatrix import Imatrix, ImatrixEntry, read_imatrix, write_imatrix, write_legacy
+from ggtool.imatrix_file import Imatrix, ImatrixEntry, read_imatrix, write_imatrix, write_legacy
 from ggtool.llama.imatrix import bos_token
 from ggtool.llama.model import LlamaModel
 from ggtool.quantize import quantize_one
@@ -80,7 +82,7 @@ def test_collected_sums_and_counts_match_reference_forward_pass(olmoe_f32, olmoe
     with LlamaModel(olmoe_f32) as model:
         ids = model.tokenize(calibration.read_text(), add_special=True)
     # as llama-imatrix: consecutive chunks; this vocabulary does not add BOS, so no token is replaced
-    chunks = im_mod.make_chunks(ids, CHUNK, None)[:3]
+    chunks = cal_mod.make_chunks(ids, CHUNK, None)[:3]
     assert chunks[1] == ids[CHUNK:2 * CHUNK]
     got = read_imatrix(out)
     ref = reference_statistics(olmoe_checkpoint, chunks)
@@ -148,7 +150,7 @@ def test_merge_adds_raw_sums_and_counts(olmoe_imatrix, tmp_path):
     assert merged.chunk_count == 2 * a.chunk_count and merged.datasets == a.datasets * 2
     # a legacy file turns back into raw form (× chunk size) before adding
     write_legacy(a, tmp_path / "a.dat")
-    mixed = im_mod.merge([a, read_imatrix(tmp_path / "a.dat")])
+    mixed = imatrix_file.merge([a, read_imatrix(tmp_path / "a.dat")])
     name = "blk.0.attn_q.weight"
     np.testing.assert_allclose(mixed.entries[name].sums, a.entries[name].sums * 2, rtol=1e-5)
 
@@ -182,7 +184,7 @@ def test_coverage_names_unrouted_expert_and_iq2_m_still_quantizes(unrouted_gguf,
     for name in ("ffn_up_exps", "ffn_gate_exps", "ffn_down_exps"):
         assert f"blk.0.{name}.weight" in r.stdout
     assert "never routed" in r.stdout and "1.0" in r.stdout
-    rows = im_mod.coverage(read_imatrix(out))
+    rows = imatrix_file.coverage(read_imatrix(out))
     assert [(row.tensor, row.unrouted) for row in rows] == [
         (f"blk.0.{n}.weight", [3]) for n in ("ffn_down_exps", "ffn_gate_exps", "ffn_up_exps")]
     assert read_imatrix(out).entries["blk.0.ffn_up_exps.weight"].counts.sum() == 2 * CHUNK * 2
@@ -200,7 +202,7 @@ def test_chat_renders_conversations_through_the_gguf_template(olmoe_gguf, tmp_pa
                            {"role": "assistant", "content": "It joins path components. " * 12}]} for i in range(6)]
     convs.write_text("\n".join(json.dumps(t) for t in turns) + "\n")
     with LlamaModel(olmoe_gguf) as model:
-        ids = im_mod.calibration_tokens(model, [convs], chat=True)
+        ids = cal_mod.calibration_tokens(model, [convs], chat=True)
         bos = bos_token(model)
         plain = model.tokenize(convs.read_text())
     # the template writes bos_token (then EOS after each assistant turn: the same <|endoftext|> here) as one
@@ -247,6 +249,6 @@ def test_non_finite_activations_stop_collection_without_output(bpe_tokenizer, ca
 
 def test_chunks_are_consecutive_with_bos_replacing_the_first_token_when_the_vocabulary_adds_one():
     ids = list(range(1, 11))
-    assert im_mod.make_chunks(ids, 4, 99) == [[99, 2, 3, 4], [99, 6, 7, 8]]  # as llama-imatrix / llama-perplexity
-    assert im_mod.make_chunks(ids, 4, None) == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert cal_mod.make_chunks(ids, 4, 99) == [[99, 2, 3, 4], [99, 6, 7, 8]]  # as llama-imatrix / llama-perplexity
+    assert cal_mod.make_chunks(ids, 4, None) == [[1, 2, 3, 4], [5, 6, 7, 8]]
     assert ids == list(range(1, 11))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ggtool import fixtures
-from ggtool.imatrix import read_imatrix
+from ggtool.imatrix_file import read_imatrix
 
 TYPES = ["Q4_K_M", "Q5_K_M", "Q6_K", "Q3_K_M", "Q2_K", "Q4_0", "Q5_0"]
 
@@ -72,7 +72,8 @@ def test_sigint_during_quantize_exits_130_and_leaves_only_complete_files(olmoe_g
 
 def test_sigint_during_imatrix_exits_130_without_a_matrix(olmoe_gguf, long_text, tmp_path):
     dest = tmp_path / "im.gguf"
-    proc = cli("imatrix", olmoe_gguf, "-f", long_text, "-o", dest, "--chunk-size", "256", "--threads", "1")
+    # the text six times over: an idle machine collects one copy in under 4 s, so the signal would come too late
+    proc = cli("imatrix", olmoe_gguf, *["-f", long_text] * 6, "-o", dest, "--chunk-size", "256", "--threads", "1")
     time.sleep(4)
     assert proc.poll() is None, "imatrix finished before it could be stopped"
     proc.send_signal(signal.SIGINT)

@@ -180,7 +180,7 @@ def test_corrupted_legacy_imatrix_is_refused_in_one_line(tmp_path, blob, why):
 
 
 def test_corrupted_gguf_imatrix_values_are_refused(olmoe_imatrix, tmp_path):
-    from ggtool.imatrix import read_imatrix
+    from ggtool.imatrix_file import read_imatrix
 
     header = read_header(olmoe_imatrix)
     counts = next(t for t in header.tensors if t.name.endswith(".counts"))

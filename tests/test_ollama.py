@@ -178,7 +178,7 @@ def test_modelfile_command_from_gguf_and_plan(go_render, tiny_gguf, tmp_path):
     assert not Path(parts["from"]).is_absolute()
     assert parts["params"]["num_ctx"] == ["2048"] and parts["params"]["num_gpu"] == ["5"]
     assert '"<|endoftext|>"' in parts["params"]["stop"]
-    from ggtool.ollama import read_gguf_chat
+    from ggtool.gguf_in import read_gguf_chat
 
     from ggtool.llama.model import LlamaModel
 

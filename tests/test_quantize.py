@@ -11,7 +11,7 @@ import llama_cpp.llama_cpp as L
 import numpy as np
 import pytest
 
-from ggtool import imatrix as im_mod
+from ggtool import imatrix as im_mod, imatrix_file
 from ggtool import quantize as q_mod
 from ggtool.errors import GgtoolError
 
@@ -92,14 +92,14 @@ def test_cli_names_files_and_applies_lower_cased_tensor_type_overrides(olmoe_ggu
 def foreign_imatrices(olmoe_imatrix, tmp_path_factory) -> dict[str, Path]:
     """Importance matrices that do not fit olmoe_gguf: a tensor it lacks, and wrong sizes."""
     folder = tmp_path_factory.mktemp("foreign")
-    im = im_mod.read_imatrix(olmoe_imatrix)
-    extra = im_mod.Imatrix(dict(im.entries), im.datasets, im.chunk_count, im.chunk_size)
+    im = imatrix_file.read_imatrix(olmoe_imatrix)
+    extra = imatrix_file.Imatrix(dict(im.entries), im.datasets, im.chunk_count, im.chunk_size)
     extra.entries["blk.7.attn_q.weight"] = extra.entries["blk.0.attn_q.weight"]
-    small = im_mod.Imatrix(dict(im.entries), im.datasets, im.chunk_count, im.chunk_size)
+    small = imatrix_file.Imatrix(dict(im.entries), im.datasets, im.chunk_count, im.chunk_size)
     e = small.entries["blk.0.ffn_up_exps.weight"]
-    small.entries["blk.0.ffn_up_exps.weight"] = im_mod.ImatrixEntry(e.sums[:4], e.counts[:4])  # 4 experts, not 8
-    return {"tensor": im_mod.write_imatrix(extra, folder / "extra.gguf"),
-            "size": im_mod.write_imatrix(small, folder / "small.gguf")}
+    small.entries["blk.0.ffn_up_exps.weight"] = imatrix_file.ImatrixEntry(e.sums[:4], e.counts[:4])  # 4 experts, not 8
+    return {"tensor": imatrix_file.write_imatrix(extra, folder / "extra.gguf"),
+            "size": imatrix_file.write_imatrix(small, folder / "small.gguf")}
 
 
 def test_bad_input_fails_in_one_line_and_leaves_nothing(olmoe_gguf, olmoe_imatrix, foreign_imatrices, tmp_path):
@@ -131,10 +131,12 @@ def test_bad_input_fails_in_one_line_and_leaves_nothing(olmoe_gguf, olmoe_imatri
 def llama_cpp_tool(name: str) -> Path | None:
     """A llama.cpp program from the benchmark's reference build of the same llama.cpp, if it has been built."""
     import os
-    from importlib.metadata import version
 
+    from ggtool.llama.source import pinned_version
+
+    # the pinned version, as bench/reference.py names the build (the installed wheel carries a +ggtool label)
     cache = Path(os.environ.get("GGTOOL_BENCH_CACHE", Path.home() / ".cache" / "ggtool-bench"))
-    path = cache / f"llama.cpp-{version('llama-cpp-python')}" / "bin" / name
+    path = cache / f"llama.cpp-{pinned_version()}" / "bin" / name
     return path if path.exists() else None
 
 
@@ -152,7 +154,7 @@ def test_agrees_with_llama_imatrix_and_llama_quantize(olmoe_gguf, tmp_path):
                                      128, "--chunks", 3, "-t", 1, "--no-ppl", "-o", ref_im, "-ofreq", 1000)],
                    check=True, capture_output=True)
     im_mod.collect(olmoe_gguf, [text], our_im, chunk_size=128, max_chunks=3, n_threads=1)
-    ours, ref = im_mod.read_imatrix(our_im), im_mod.read_imatrix(ref_im)
+    ours, ref = imatrix_file.read_imatrix(our_im), imatrix_file.read_imatrix(ref_im)
     assert sorted(ours.entries) == sorted(ref.entries) and ours.chunk_count == ref.chunk_count == 3
     for name, e in ours.entries.items():
         np.testing.assert_array_equal(e.counts, ref.entries[name].counts, err_msg=name)

@@ -12,7 +12,8 @@ from ggtool.convert import convert
 from ggtool.errors import GgtoolError
 from ggtool.llama.model import LlamaModel
 from ggtool.pre_tokenizers import LLAMA_PRE_TOKENIZERS, definition
-from ggtool.vocab import LLAMA3_SPLIT, choose_pre_tokenizer, normal_form
+from ggtool.pre_tokenizers import LLAMA3_SPLIT
+from ggtool.vocab import choose_pre_tokenizer, normal_form
 
 
 def test_bpe_ids_match_hf_tokenizers_on_heldout_text(olmoe_checkpoint, tmp_path):

@@ -20,6 +20,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from ..llama.source import pinned_version, source_dir
+
 HERE = Path(__file__).resolve().parent
 LLAMA_HARNESS = HERE / "llama_jinja.cpp"
 HF_PROJECT = HERE / "hf_jinja"
@@ -45,8 +47,6 @@ def _digest(*parts: bytes) -> str:
 
 def llama_jinja_binary(build: bool = True) -> Path:
     """The compiled llama.cpp template harness (compiled now when missing and `build`)."""
-    from ..llama.source import pinned_version, source_dir
-
     version = pinned_version()
     key = _digest(LLAMA_HARNESS.read_bytes(), " ".join(CXX_FLAGS).encode(), version.encode())
     binary = cache_root() / f"llama-jinja-{version}-{key}"

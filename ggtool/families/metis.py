@@ -20,6 +20,7 @@ the tensor shapes and the fixed semantics from the release's training manifest.
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -28,37 +29,55 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+from tokenizers import Tokenizer
 
 from ..checkpoint import Checkpoint, bf16_to_f32
 from ..errors import GgtoolError
+from ..gguf_in import read_header
 from ..pre_tokenizers import by_name, definition
 from ..vocab import (NORMALIZER_KEY, TOKEN_CONTROL, TOKEN_UNUSED, TOKEN_USER_DEFINED, Vocab, chat_templates,
                      choose_pre_tokenizer, normal_form, normal_form_warning, special_token_ids, token_table)
 from .base import Family, HParam, Part, PlannedTensor, cfg
 
+# tokenizer_config.json's chat_template of Metis-1.5-think, verbatim (reference/models.md §4.6)
+METIS_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}System: {{ message['content'] }}\n"
+    "{% elif message['role'] == 'user' %}User: {{ message['content'] }}\n"
+    "{% elif message['role'] == 'assistant' %}Assistant: {{ message['content'] }}\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant: {% endif %}"
+)
+
+T = gguf.MODEL_TENSOR
+
+
+def _w(tensor: gguf.MODEL_TENSOR, suffix: str = "weight") -> str:
+    """gguf-py's name of a tensor (`{bid}` left for the block index) with its suffix."""
+    return f"{gguf.TENSOR_NAMES[tensor]}.{suffix}"
+
+
 # checkpoint name -> (GGUF name, stored shape in named sizes); {bid} is the block index
 GLOBAL_TENSORS = {
-    "embed": ("token_embd.weight", ("vocab", "embd")),
-    "final_norm.scale": ("output_norm.weight", ("embd",)),
+    "embed": (_w(T.TOKEN_EMBD), ("vocab", "embd")),
+    "final_norm.scale": (_w(T.OUTPUT_NORM), ("embd",)),
 }
 BLOCK_TENSORS = {
-    "layers.{bid}.attn_norm.scale": ("blk.{bid}.attn_norm.weight", ("embd",)),
-    "layers.{bid}.q": ("blk.{bid}.attn_q.weight", ("embd", "q")),
-    "layers.{bid}.k": ("blk.{bid}.attn_k.weight", ("embd", "kv")),
-    "layers.{bid}.v": ("blk.{bid}.attn_v.weight", ("embd", "kv")),
-    "layers.{bid}.o": ("blk.{bid}.attn_output.weight", ("q", "embd")),
-    "layers.{bid}.moe_norm.scale": ("blk.{bid}.ffn_norm.weight", ("embd",)),
-    "layers.{bid}.latent_down": ("blk.{bid}.ffn_latent_down.weight", ("embd", "latent")),
-    "layers.{bid}.latent_up": ("blk.{bid}.ffn_latent_up.weight", ("latent", "embd")),
-    "layers.{bid}.router": ("blk.{bid}.ffn_gate_inp.weight", ("embd", "expert")),
-    "layers.{bid}.router_bias": ("blk.{bid}.exp_probs_b.bias", ("expert",)),
-    "layers.{bid}.expert_w1": ("blk.{bid}.ffn_up_exps.weight", ("expert", "latent", "ff_exp")),
-    "layers.{bid}.expert_w2": ("blk.{bid}.ffn_down_exps.weight", ("expert", "ff_exp", "latent")),
-    "layers.{bid}.shared_w1": ("blk.{bid}.ffn_up_shexp.weight", ("embd", "ff_shexp")),
-    "layers.{bid}.shared_w2": ("blk.{bid}.ffn_down_shexp.weight", ("ff_shexp", "embd")),
+    "layers.{bid}.attn_norm.scale": (_w(T.ATTN_NORM), ("embd",)),
+    "layers.{bid}.q": (_w(T.ATTN_Q), ("embd", "q")),
+    "layers.{bid}.k": (_w(T.ATTN_K), ("embd", "kv")),
+    "layers.{bid}.v": (_w(T.ATTN_V), ("embd", "kv")),
+    "layers.{bid}.o": (_w(T.ATTN_OUT), ("q", "embd")),
+    "layers.{bid}.moe_norm.scale": (_w(T.FFN_NORM), ("embd",)),
+    "layers.{bid}.latent_down": (_w(T.MOE_LATENT_DOWN), ("embd", "latent")),
+    "layers.{bid}.latent_up": (_w(T.MOE_LATENT_UP), ("latent", "embd")),
+    "layers.{bid}.router": (_w(T.FFN_GATE_INP), ("embd", "expert")),
+    "layers.{bid}.router_bias": (_w(T.FFN_EXP_PROBS_B, "bias"), ("expert",)),
+    "layers.{bid}.expert_w1": (_w(T.FFN_UP_EXP), ("expert", "latent", "ff_exp")),
+    "layers.{bid}.expert_w2": (_w(T.FFN_DOWN_EXP), ("expert", "ff_exp", "latent")),
+    "layers.{bid}.shared_w1": (_w(T.FFN_UP_SHEXP), ("embd", "ff_shexp")),
+    "layers.{bid}.shared_w2": (_w(T.FFN_DOWN_SHEXP), ("ff_shexp", "embd")),
 }
 # untied checkpoints (tie_embeddings=false) would add this; the release has none
-LM_HEAD = ("lm_head", "output.weight", ("embd", "vocab"))
+LM_HEAD = ("lm_head", _w(T.OUTPUT), ("embd", "vocab"))
 NOT_TRANSPOSED = {"embed"}  # [vocab, embd] is already ggml's layout; every other matrix is [in, out]
 EXPERT_TENSORS = {"layers.{bid}.expert_w1", "layers.{bid}.expert_w2"}
 _FLOAT_DTYPES = {"BF16", "F16", "F32", "F64"}
@@ -344,8 +363,6 @@ def load_metis_vocab(ckpt: Checkpoint, n_vocab: int) -> MetisVocab:
 
 def tokenizer_json_from_gguf(path: Path) -> dict:
     """A Hugging Face tokenizer.json rebuilt from a Metis GGUF's tokenizer keys alone."""
-    from ..gguf_in import read_header
-
     header = read_header(path)
     tokens = header.array("tokenizer.ggml.tokens")
     types = header.array("tokenizer.ggml.token_type")
@@ -395,10 +412,4 @@ def tokenizer_json_from_gguf(path: Path) -> dict:
 
 def gguf_tokenizer(path: Path):
     """A `tokenizers.Tokenizer` that tokenizes as the GGUF's vocabulary describes."""
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        raise GgtoolError("tokenizing a Metis GGUF needs the tokenizers library", "pip install tokenizers") from None
-    import json
-
     return Tokenizer.from_str(json.dumps(tokenizer_json_from_gguf(path)))

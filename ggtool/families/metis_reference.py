@@ -16,6 +16,7 @@ import numpy as np
 
 from ..checkpoint import Checkpoint
 from ..errors import GgtoolError
+from ..gguf_in import read_header, tensor_data
 from .metis import BLOCK_TENSORS, GLOBAL_TENSORS, LM_HEAD, NOT_TRANSPOSED, MetisDims, infer_dims
 
 Weights = Callable[[str], np.ndarray]  # checkpoint tensor name -> float32 array in [in, out] layout
@@ -32,8 +33,6 @@ def checkpoint_weights(ckpt: Checkpoint) -> tuple[MetisDims, Weights]:
 
 def gguf_weights(path: Path) -> tuple[MetisDims, Weights]:
     """Sizes from the GGUF's `metis.*` keys and weights from its tensors, mapped back to checkpoint names."""
-    from ..gguf_in import read_header, tensor_data
-
     header = read_header(path)
 
     def key(name: str):

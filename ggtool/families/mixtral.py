@@ -23,7 +23,8 @@ from ..checkpoint import Checkpoint
 from ..errors import GgtoolError
 from ..vocab import Vocab, load_llama_vocab
 from .base import HParam, cfg, refuse_settings
-from .hf_moe import ATTENTION, EXPERT_SIZES, FFN_NORM, SIZES, K, T, HfMoeDecoder, MoeDims
+from .hf_moe import ATTENTION, EXPERT_SIZES, FFN_NORM, SIZES, HfMoeDecoder, K, MoeDims, T
+from .reference import transformers_logits
 
 CLASS = "MixtralForCausalLM"
 
@@ -219,8 +220,6 @@ class Mixtral(HfMoeDecoder):
         return vocab
 
     def reference_logits(self, folder: Path, ids: list[int]) -> np.ndarray:
-        from .reference import transformers_logits
-
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         if config.get("model_type") == "mixtral":
             return transformers_logits(folder, ids, CLASS)

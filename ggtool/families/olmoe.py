@@ -16,7 +16,19 @@ import numpy as np
 from ..checkpoint import Checkpoint
 from ..errors import GgtoolError
 from .base import HParam, cfg, refuse_settings
-from .hf_moe import ATTENTION, EXPERT_SIZES, FFN_NORM, SIZES, K, T, HfMoeDecoder, MoeDims
+from .hf_moe import ATTENTION, EXPERT_SIZES, FFN_NORM, SIZES, HfMoeDecoder, K, MoeDims, T
+from .reference import transformers_logits
+
+# OLMoE-1B-7B-0125-Instruct's chat template (Tulu), as its tokenizer_config.json has it: the SmartMoE seed and the
+# fixtures use it
+TULU_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ '<|system|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'user' %}"
+    "{{ '<|user|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'assistant' %}"
+    "{% if not loop.last %}{{ '<|assistant|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% else %}{{ '<|assistant|>\\n' + message['content'] + eos_token }}{% endif %}{% endif %}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}{% endfor %}"
+)
 
 # settings llama.cpp's olmoe graph cannot express: (config key, value llama.cpp assumes, why)
 REFUSED = [
@@ -86,6 +98,4 @@ class Olmoe(HfMoeDecoder):
                        tied=bool(config.get("tie_word_embeddings", False)))
 
     def reference_logits(self, folder: Path, ids: list[int]) -> np.ndarray:
-        from .reference import transformers_logits
-
         return transformers_logits(folder, ids, "OlmoeForCausalLM")

@@ -9,6 +9,7 @@ from pathlib import Path
 import gguf
 
 from . import model
+from .backend import log_lines
 
 
 @functools.lru_cache(maxsize=None)
@@ -26,4 +27,4 @@ def available(arch: str) -> bool:
             model.LlamaModel(probe, vocab_only=True).close()
         except Exception:  # noqa: BLE001 - the probe file lacks every other key, so a known arch fails later
             pass
-        return not any("unknown model architecture" in ln for ln in model.log_lines())
+        return not any("unknown model architecture" in ln for ln in log_lines())

@@ -13,15 +13,19 @@ import ctypes
 from dataclasses import dataclass, field
 from typing import Callable
 
+import gguf
 import llama_cpp.llama_cpp as L
 import numpy as np
 
 from ..errors import GgtoolError
 from . import interrupt
+from .ggml_types import GGML_TYPES
 from .model import ContextOptions, LlamaModel
 
 _lib = L._lib
-GGML_TYPE_F32 = 0
+GGML_TYPE_F32 = GGML_TYPES["F32"]
+# the weights llama-imatrix collects for: the blocks' (tools/imatrix/imatrix.cpp compares the name prefix)
+BLOCK_PREFIX = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ATTN_NORM].partition("{")[0]
 
 
 class GgmlTensor(ctypes.Structure):
@@ -110,7 +114,7 @@ class ImatrixCollector:
         n_rows = ctypes.c_int64.from_address(src1 + _OFF_NE + 8).value
         if n_rows < 16 or ctypes.c_int.from_address(src1).value != GGML_TYPE_F32:
             return False  # as llama-imatrix: small batches (generation) and quantized activations are skipped
-        return weight_name(ctypes.string_at(src0 + _OFF_NAME)).startswith("blk.")
+        return weight_name(ctypes.string_at(src0 + _OFF_NAME)).startswith(BLOCK_PREFIX)
 
     def _on_node(self, ptr: int, ask: bool, user_data: int) -> bool:
         if self.error or interrupt.pending():

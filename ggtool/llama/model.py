@@ -1,56 +1,24 @@
 """Loading a GGUF in llama.cpp through llama-cpp-python's C API: tokenize, logits, generation.
 
-This package is the only place that imports llama_cpp. llama.cpp's own log lines are captured
-instead of printed, so a failed load can be reported in one line with llama.cpp's reason.
+This package is the only place that imports llama_cpp (llama.cpp starts on first use: backend.py).
 """
 
 from __future__ import annotations
 
-import atexit
 import ctypes
 import os
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import llama_cpp._utils
+import gguf
 import llama_cpp.llama_cpp as L
 import numpy as np
 
 from ..errors import GgtoolError
 from . import interrupt, rpc
-
-GGML_TYPE_IDS = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2, "bf16": 30}
-
-_LOG: deque[str] = deque(maxlen=20000)  # room for a load's debug lines (buffer overrides)
-
-
-@L.llama_log_callback
-@interrupt.guard(None)
-def _capture_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    _LOG.append(text.decode("utf-8", errors="replace"))
-
-
-L.llama_log_set(_capture_log, ctypes.c_void_p())
-L.llama_backend_init()
-# llama_cpp opens two /dev/null handles at import and never closes them: close them at exit so the
-# interpreter's shutdown does not print ResourceWarnings after every command and test run
-atexit.register(llama_cpp._utils.outnull_file.close)
-atexit.register(llama_cpp._utils.errnull_file.close)
-
-
-def log_lines() -> list[str]:
-    """The llama.cpp log captured so far (most recent last), joined into lines."""
-    return "".join(_LOG).splitlines()
-
-
-def _last_error() -> str:
-    lines = [ln.strip() for ln in log_lines() if ln.strip()]
-    errors = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()]
-    specific = [ln for ln in errors if "error" in ln.lower()]  # "error loading model: <why>" over "failed to load"
-    return (specific or errors or lines or ["no log output"])[-1]
-
+from .backend import backend, last_error, log_lines, start_capture
+from .ggml_types import kv_cache_type
 
 @dataclass
 class Sampling:
@@ -120,6 +88,7 @@ class LlamaModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise GgtoolError(f"{self.path}: no such file")
+        backend()
         params = L.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.vocab_only = vocab_only
@@ -147,10 +116,10 @@ class LlamaModel:
                 arr[i].buft = bufts[buffer]
             params.tensor_buft_overrides = ctypes.cast(arr, ctypes.c_void_p)
             self._keep.append(arr)
-        _LOG.clear()
+        start_capture()
         self._model = interrupt.call(L.llama_model_load_from_file, str(self.path).encode(), params)
         if not self._model:
-            raise GgtoolError(f"{self.path}: llama.cpp could not load it: {_last_error()}")
+            raise GgtoolError(f"{self.path}: llama.cpp could not load it: {last_error()}")
         self._vocab = L.llama_model_get_vocab(self._model)
         self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
 
@@ -202,14 +171,21 @@ class LlamaModel:
         n = L.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
         return None if n < 0 else buf.value.decode("utf-8", errors="replace")
 
+    def chat_tokens(self) -> tuple[str, str]:
+        """The texts of the BOS and EOS tokens as a chat template's bos_token / eos_token ("" where none)."""
+        def text(key: str) -> str:
+            value = self.meta(key)
+            return self.piece(int(value), special=True).decode("utf-8", "replace") if value else ""
+        return text(gguf.Keys.Tokenizer.BOS_ID), text(gguf.Keys.Tokenizer.EOS_ID)
+
     # -- evaluation ---------------------------------------------------------------------------------
     def _context(self, opts: ContextOptions):
         cp = L.llama_context_default_params()
         cp.n_ctx = opts.n_ctx
         cp.n_batch = min(opts.n_batch, opts.n_ctx)
         cp.n_ubatch = min(opts.n_ubatch or cp.n_batch, cp.n_batch)
-        cp.type_k = GGML_TYPE_IDS[opts.type_k]
-        cp.type_v = GGML_TYPE_IDS[opts.type_v]
+        cp.type_k = kv_cache_type(opts.type_k)
+        cp.type_v = kv_cache_type(opts.type_v)
         cp.n_threads = cp.n_threads_batch = opts.n_threads or os.cpu_count() or 1
         cp.no_perf = True
         cp.flash_attn_type = (L.LLAMA_FLASH_ATTN_TYPE_AUTO if opts.flash_attn is None else
@@ -219,7 +195,7 @@ class LlamaModel:
         cp.abort_callback = interrupt.ABORT  # Ctrl-C stops a decode between graph nodes
         ctx = L.llama_init_from_model(self._model, cp)
         if not ctx:
-            raise GgtoolError(f"{self.path}: llama.cpp could not create a context: {_last_error()}")
+            raise GgtoolError(f"{self.path}: llama.cpp could not create a context: {last_error()}")
         return ctx
 
     @staticmethod
@@ -235,7 +211,7 @@ class LlamaModel:
             batch.n_tokens = len(tokens)
             rc = interrupt.call(L.llama_decode, ctx, batch)
             if rc != 0:
-                raise GgtoolError(f"llama_decode failed with code {rc}: {_last_error()}")
+                raise GgtoolError(f"llama_decode failed with code {rc}: {last_error()}")
         finally:
             L.llama_batch_free(batch)
 
@@ -283,7 +259,7 @@ class LlamaModel:
                 one[0] = tok
                 rc = interrupt.call(L.llama_decode, ctx, L.llama_batch_get_one(one, 1))
                 if rc != 0:
-                    raise GgtoolError(f"llama_decode failed with code {rc}: {_last_error()}")
+                    raise GgtoolError(f"llama_decode failed with code {rc}: {last_error()}")
         finally:
             L.llama_sampler_free(sampler)
             L.llama_free(ctx)

@@ -8,6 +8,7 @@ object and numpy buffer is kept in `keep` until the call returns.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
 from pathlib import Path
@@ -16,7 +17,9 @@ import llama_cpp.llama_cpp as L
 import numpy as np
 
 from ..errors import GgtoolError
-from . import model as _model
+from . import worker
+from .backend import backend, last_error, log_lines, start_capture
+from .ggml_types import GGML_TYPE_COUNT
 
 
 def _imatrix_array(means: dict[str, np.ndarray], keep: list) -> ctypes.Array:
@@ -38,7 +41,7 @@ def _override_array(overrides: list[tuple[str, int]], keep: list) -> ctypes.Arra
         keep.append(pat)
         arr[i].pattern = pat
         arr[i].type = ggml_type
-    arr[len(overrides)].type = 43  # GGML_TYPE_COUNT, as llama-quantize's terminator
+    arr[len(overrides)].type = GGML_TYPE_COUNT  # as llama-quantize ends the list
     return arr
 
 
@@ -82,11 +85,12 @@ def _call_quantize(src: str, dest: str, ftype: int, imatrix: dict | None, tensor
     reason)."""
     keep: list = []
     params = _params(ftype, imatrix, tensor_types, kv_overrides, nthread, keep)
-    _model._LOG.clear()
+    backend()
+    start_capture()
     rc = L.llama_model_quantize(src.encode(), dest.encode(), ctypes.byref(params))
     if rc != 0:
-        return False, _model._last_error()
-    return True, fallbacks(_model.log_lines())
+        return False, last_error()
+    return True, fallbacks(log_lines())
 
 
 _FALLBACK = re.compile(r"warning: (\S+)\s+- ncols\s+\d+ not divisible by\s+\d+ \(required for type\s+(\w+)\).*"
@@ -100,24 +104,21 @@ def fallbacks(lines: list[str]) -> list[tuple[str, str, str]]:
 
 def quantize_file(src: Path, dest: Path, ftype: int, imatrix: dict[str, np.ndarray] | None = None,
                   tensor_types: list[tuple[str, int]] = (), kv_overrides: list[tuple[str, str | int]] = (),
-                  nthread: int = 0) -> list[tuple[str, str, str]]:
+                  nthread: int = 0, session=None) -> list[tuple[str, str, str]]:  # noqa: ANN001
     """llama_model_quantize(src → dest) as llama-quantize calls it, in a worker process that Ctrl-C (or any
-    exception here) stops at once; raises with llama.cpp's reason on failure, or says the disk is full.
+    exception here) stops at once (`session`: a worker.Session's, for many calls); raises with llama.cpp's
+    reason on failure, or says the disk is full.
     Returns the tensors llama.cpp had to give another type than its recipe's (row length not a multiple of
     the type's block): (tensor, wanted type, type used)."""
-    from . import worker
-
     args = {"src": str(src), "dest": str(dest), "ftype": int(ftype),
             "imatrix": {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in imatrix.items()} if imatrix else None,
             "tensor_types": [(str(p), int(t)) for p, t in tensor_types],
             "kv_overrides": [(str(k), v) for k, v in kv_overrides], "nthread": int(nthread)}
-    ok, answer = worker.run({"job": "quantize", "args": args}, str(src))
+    ok, answer = (session or worker).run({"job": "quantize", "args": args}, str(src))
     if ok:
         return [tuple(f) for f in answer]
-    if _disk_full(dest):
-        name = re.sub(r"^\.(.+)\.\d+\.[0-9a-f]+\.partial$", r"\1", dest.name)  # final name (outputs.partial_name)
-        raise GgtoolError(f"{dest.parent}: no space left on device while writing {name}",
-                          "free some space or choose another output folder")
+    if _disk_full(dest):  # an OSError, so that the caller's atomic_output names its final file
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))
     raise GgtoolError(f"{src}: llama.cpp could not quantize it: {answer}")
 
 
@@ -136,11 +137,12 @@ def planned_types(src: Path, ftype: int, tensor_types: list[tuple[str, int]] = (
     runs in this process), by tensor name; tensors it leaves as they are (norms, the router, ...) are not listed."""
     keep: list = []
     params = _params(ftype, imatrix, list(tensor_types), [], 0, keep, dry_run=True)
-    _model._LOG.clear()
+    backend()
+    start_capture()
     if L.llama_model_quantize(str(src).encode(), str(src).encode(), ctypes.byref(params)) != 0:
-        raise GgtoolError(f"{src}: llama.cpp could not plan its quantization: {_model._last_error()}")
+        raise GgtoolError(f"{src}: llama.cpp could not plan its quantization: {last_error()}")
     out = {}
-    for line in _model.log_lines():
+    for line in log_lines():
         m = re.match(r"\[\s*\d+/\s*\d+\]\s+(\S+)\s+-.*->.*\((\w+)\)\s*$", line)
         if m:
             out[m.group(1)] = m.group(2).upper()

@@ -14,6 +14,7 @@ import struct
 import llama_cpp.llama_cpp as L
 
 from ..errors import GgtoolError
+from .backend import backend
 
 _lib = L._lib
 GGML_BACKEND_DEVICE_TYPE_CPU = 0
@@ -29,8 +30,6 @@ _lib.ggml_backend_dev_buffer_type.argtypes = [ctypes.c_void_p]
 _lib.ggml_backend_dev_buffer_type.restype = ctypes.c_void_p
 _lib.ggml_backend_cpu_buffer_type.argtypes = []
 _lib.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
-_lib.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
-_lib.ggml_backend_buft_name.restype = ctypes.c_char_p
 _lib.ggml_backend_reg_dev_count.argtypes = [ctypes.c_void_p]
 _lib.ggml_backend_reg_dev_count.restype = ctypes.c_size_t
 _lib.ggml_backend_reg_dev_get.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
@@ -44,6 +43,7 @@ _lib.ggml_backend_rpc_start_server.restype = None
 
 def supports_rpc() -> bool:
     """Whether this llama-cpp-python was built with -DGGML_RPC=on."""
+    backend()
     return bool(L.llama_supports_rpc())
 
 
@@ -104,10 +104,6 @@ def device_buffer_type(dev: int) -> int:
 
 def cpu_buffer_type() -> int:
     return _lib.ggml_backend_cpu_buffer_type()
-
-
-def buffer_type_name(buft: int) -> str:
-    return _lib.ggml_backend_buft_name(buft).decode()
 
 
 def serve(host: str = "127.0.0.1", port: int = 50052, n_threads: int = 1, cache_dir: str | None = None) -> None:

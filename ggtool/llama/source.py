@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from importlib.metadata import requires
 from pathlib import Path
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
@@ -27,7 +28,6 @@ def pinned_version() -> str:
         m = re.search(r'"llama-cpp-python==([^"]+)"', PYPROJECT.read_text())
         if m:
             return m.group(1)
-    from importlib.metadata import requires
 
     for req in requires("ggtool") or []:
         m = re.fullmatch(r"llama-cpp-python\s*==\s*([\w.]+)", req.split(";")[0].strip())

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ..errors import GgtoolError
 from ..limits import check_plan
-from ..outputs import atomic_output
-from .memory import Placement
+from ..outputs import atomic_output, check_destination
+from .memory import EXPERT_PATTERN, Placement
 from .search import Candidate, PlanResult, expert_override_patterns
 
 PLAN_KEYS = ("model", "n_gpu_layers", "n_ctx", "type_k", "type_v", "flash_attn", "overrides", "rpc", "predicted")
@@ -28,7 +28,7 @@ def llama_cpp_flags(p: Placement, rpc: list[str]) -> str:
         args += ["-ts", ",".join(f"{x:g}" for x in p.tensor_split)]
     if p.cpu_expert_layers:  # one pattern for all the layers (the JSON keeps one per layer)
         layers = "|".join(str(il) for il in p.cpu_expert_layers)
-        args += ["-ot", rf"blk\.({layers})\.ffn_(up|down|gate|gate_up)_(ch|)exps=CPU"]
+        args += ["-ot", rf"blk\.({layers})\.{EXPERT_PATTERN}=CPU"]
     if rpc:
         args += ["--rpc", ",".join(rpc)]
     return " ".join(shlex.quote(a) for a in args)
@@ -209,19 +209,19 @@ def load_plan(path: Path) -> dict:
     """Read a plan JSON written by `ggtool plan --json`, checking the contract's keys."""
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except FileNotFoundError:
+        raise GgtoolError(f"{path}: no such plan file", "write one with `ggtool plan MODEL --json FILE`") from None
+    except (OSError, ValueError) as e:
         raise GgtoolError(f"{path}: not a readable plan JSON ({e})") from None
+    check_plan(data, str(path))  # its numbers first: a bad n_ctx is named even in an incomplete plan
     missing = [k for k in PLAN_KEYS if k not in data] if isinstance(data, dict) else list(PLAN_KEYS)
     if missing:
         raise GgtoolError(f"{path}: plan lacks {', '.join(missing)}", "write one with `ggtool plan MODEL --json FILE`")
-    check_plan(data, str(path))
     return data
 
 
 def write_plan(dest: Path, data: dict) -> None:
     """Write the plan JSON through a temporary file beside `dest`, renamed when complete."""
-    dest = Path(dest)
-    if not dest.parent.is_dir():
-        raise GgtoolError(f"{dest.parent}: no such folder")
+    check_destination(dest, example="plan.json")
     with atomic_output(dest) as tmp:
         tmp.write_text(json.dumps(data, indent=2))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import GgtoolError
-from .memory import Device, Placement, Prediction, ModelShape, predict, read_gguf
+from .memory import EXPERT_PATTERN, Device, Placement, Prediction, ModelShape, predict, read_gguf
 
 KV_CHOICES = [("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")]
 KV_PENALTY = {"f16": 1.0, "q8_0": 0.97, "q4_0": 0.90}  # a quantized cache costs some quality: rank it lower
@@ -54,7 +54,7 @@ class PlanResult:
 
 def expert_override_patterns(layers: tuple[int, ...]) -> list[str]:
     """llama.cpp -ot patterns keeping these layers' expert tensors on the CPU."""
-    return [rf"blk\.{il}\.ffn_(up|down|gate|gate_up)_(ch|)exps" for il in layers]
+    return [rf"blk\.{il}\.{EXPERT_PATTERN}" for il in layers]
 
 
 def estimate(shape: ModelShape, pred: Prediction, budget: Budget) -> float:
