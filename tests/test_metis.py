@@ -17,7 +17,7 @@ from ggtool.families.metis import Metis, byte_symbols, infer_dims, tokenizer_jso
 from ggtool.verify import mean_kl
 
 from .conftest import run_cli
-from .test_plan import rpc_endpoint  # noqa: F401 (a fixture: the loopback RPC device)
+from .test_plan import rpc_endpoint, rpc_endpoint_2  # noqa: F401 (fixtures: loopback RPC devices)
 
 
 @pytest.fixture(scope="module")
@@ -353,7 +353,7 @@ def test_run_chat_with_its_template(metis_f32):
 def test_a_stock_llama_cpp_says_what_to_build(metis_f32, monkeypatch):
     """Without the architecture (a stock llama-cpp-python), one line naming it and the command that builds one."""
     from ggtool.llama import arch
-    from ggtool.run import require_runnable
+    from ggtool.runnable import require_runnable
 
     monkeypatch.setattr(arch, "available", lambda name: name != "metis")  # as a stock build answers
     with pytest.raises(GgtoolError) as e:
@@ -374,6 +374,8 @@ def test_clients_are_told_they_need_the_architecture(metis_f32, tmp_path):
 
 
 def test_imatrix_counts_follow_the_reference_routing(metis_checkpoint, metis_f32, tmp_path):
+    from ggtool import calibration as cal_mod, imatrix_file
+
     from ggtool import imatrix as im_mod
     from ggtool.families import metis_reference as R
     from ggtool.llama.model import LlamaModel
@@ -381,10 +383,10 @@ def test_imatrix_counts_follow_the_reference_routing(metis_checkpoint, metis_f32
     cal = tmp_path / "cal.txt"
     cal.write_text(fixtures.stdlib_text(40, 8_000))
     r = im_mod.collect(metis_f32, [cal], tmp_path / "imatrix.gguf", chunk_size=64, max_chunks=2, n_threads=1)
-    got = im_mod.read_imatrix(r.dest)
+    got = imatrix_file.read_imatrix(r.dest)
     with LlamaModel(metis_f32) as model:
         ids = model.tokenize(cal.read_text(), add_special=True)
-    chunks = im_mod.make_chunks(ids, 64, 1)[:2]  # Metis adds <bos>: each chunk starts with it
+    chunks = cal_mod.make_chunks(ids, 64, 1)[:2]  # Metis adds <bos>: each chunk starts with it
     d, w = R.checkpoint_weights(Checkpoint(metis_checkpoint))
     counts = np.zeros((d.n_layer, 8), dtype=np.int64)
     for c in chunks:
@@ -443,22 +445,31 @@ def metis_plan_files(metis_wide, tmp_path_factory) -> dict:
 
     folder = tmp_path_factory.mktemp("metis-plan")
     f16 = convert(metis_wide, folder / "f16.gguf", "f16").dest
-    return {"F16": f16, "Q4_K_M": quantize_one(f16, folder / "Q4_K_M.gguf", "Q4_K_M", nthread=1).path}
+    return {"F16": f16, **{t: quantize_one(f16, folder / f"{t}.gguf", t, nthread=1).path for t in ("Q4_K_M", "Q8_0")}}
 
 
 def _placements():
     from ggtool.plan.memory import Placement
 
-    # full offload; experts of both layers on the host; one layer + output offloaded; only the output offloaded.
-    # (Flash attention with layers on the host is not modelled to 5% for this graph yet: host compute is
-    # off by 6-17%.)
+    # the other families' planner cases (tests/test_plan.py) on this 2-layer graph: full offload; experts on the
+    # host; layer 0 on the host with flash attention and a quantized (Hadamard-rotated) cache; layer 0 and layer
+    # 1's experts on the host with flash attention; full offload with flash attention and q4_0 / q8_0 caches;
+    # layer 0 and layer 1's experts on the host without flash attention; only the output offloaded, without and
+    # with flash attention (every layer on the host)
     return [("Q4_K_M", Placement(99, 512, "f16", "f16", False, ())),
             ("Q4_K_M", Placement(99, 2048, "q8_0", "f16", False, (0, 1))),
-            ("F16", Placement(2, 1024, "f16", "f16", False, (), 512, 256)),
-            ("F16", Placement(1, 1024, "f16", "f16", False, ()))]
+            ("Q8_0", Placement(2, 4096, "q4_0", "q4_0", True, (), 512, 256)),
+            ("F16", Placement(2, 1024, "f16", "f16", True, (1,))),
+            ("Q4_K_M", Placement(99, 4096, "q4_0", "q4_0", True, ())),
+            ("Q4_K_M", Placement(99, 4096, "q8_0", "q8_0", True, (1,))),
+            ("F16", Placement(2, 2048, "f16", "f16", False, (1,))),
+            ("F16", Placement(1, 1024, "f16", "f16", False, ())),
+            ("F16", Placement(1, 1024, "f16", "f16", True, ()))]
 
 
-@pytest.mark.parametrize("case", range(4), ids=["full", "experts-cpu", "partial", "output-only"])
+@pytest.mark.parametrize("case", range(9), ids=["full", "experts-cpu", "partial-fa-q4_0", "partial+experts-fa",
+                                                "full-fa-q4_0", "experts-cpu-fa-q8_0", "partial+experts",
+                                                "output-only", "output-only-fa"])
 def test_planner_matches_llama_cpp(case, metis_plan_files, rpc_endpoint):
     """Every buffer llama.cpp logs for the metis graph (latent intermediates, shared expert), on a loopback RPC
     device and on the host, within 5% of the memory model's prediction."""
@@ -466,3 +477,18 @@ def test_planner_matches_llama_cpp(case, metis_plan_files, rpc_endpoint):
 
     qtype, placement = _placements()[case]
     check_predictions(metis_plan_files[qtype], placement, rpc_endpoint)
+
+
+@pytest.mark.parametrize("qtype, fa, kv, split",
+                         [("Q8_0", False, "f16", (1.0, 3.0)), ("Q4_K_M", True, "q8_0", (1.0, 1.0))],
+                         ids=["1:3", "1:1-fa-q8_0"])
+def test_planner_matches_llama_cpp_on_two_devices(qtype, fa, kv, split, metis_plan_files, rpc_endpoint,
+                                                  rpc_endpoint_2):
+    """Layers split over two RPC devices: pipeline parallelism keeps four copies of every graph input and of
+    every tensor a device receives; each device's buffers and the host's within 5%."""
+    from ggtool.plan.memory import Placement
+
+    from .test_plan import check_two_devices
+
+    check_two_devices(metis_plan_files[qtype], Placement(99, 2048, kv, kv, fa, (), tensor_split=split),
+                      rpc_endpoint, rpc_endpoint_2)

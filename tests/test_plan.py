@@ -240,11 +240,16 @@ def rpc_endpoint_2():
 
 
 def test_two_devices_split_layers_as_predicted(tiny_gguf, rpc_endpoint, rpc_endpoint_2):
-    path = tiny_gguf["Q8_0"]
-    p = Placement(99, 1024, "f16", "f16", False, (), tensor_split=(1.0, 3.0))
+    check_two_devices(tiny_gguf["Q8_0"], Placement(99, 1024, "f16", "f16", False, (), tensor_split=(1.0, 3.0)),
+                      rpc_endpoint, rpc_endpoint_2)
+
+
+def check_two_devices(path: Path, p: Placement, rpc_endpoint: str, rpc_endpoint_2: str) -> None:
+    """Layers split over two RPC devices (pipeline parallelism): each device's buffers and the host's within 5%."""
     with LlamaModel(path, p.n_gpu_layers, rpc_servers=[rpc_endpoint, rpc_endpoint_2],
                     tensor_split=p.tensor_split) as model:
-        model.reserve(ContextOptions(n_ctx=p.n_ctx, n_batch=p.n_batch))
+        model.reserve(ContextOptions(n_ctx=p.n_ctx, n_batch=p.n_batch, n_ubatch=p.n_ubatch, type_k=p.type_k,
+                                     type_v=p.type_v, flash_attn=p.flash_attn))
         lines = log_lines()
     logged: dict[tuple[str, str], float] = {}
     for line in lines:

@@ -11,7 +11,8 @@ no weights are read. The rules follow the vendored llama.cpp and are checked aga
 - KV cache: kv_size = pad(n_ctx, 256) cells, per layer row_size(type_k, n_embd_k_gqa) + row_size(type_v,
   n_embd_v_gqa), on the device of its layer (offload_kqv on).
 - output buffer: n_vocab * n_seq_max * 4 bytes on the host.
-- compute buffers: see `compute_bytes`.
+- compute buffers: see `compute_bytes`; for the metis graph, the allocator's peak over the graph itself
+  (`galloc.py`: the graph node by node, the scheduler's splits and copies, ggml-alloc's best-fit reuse).
 """
 
 from __future__ import annotations
@@ -27,15 +28,14 @@ import numpy as np
 from ..errors import GgtoolError
 from ..families import by_config
 from ..gguf_in import read_header
+from . import galloc
 
-MiB = 1 << 20
-GiB = 1 << 30
-EXPERT_RX = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps\.")
+# the routed experts' tensor names (llama-arch.cpp's ffn_*_exps / *_chexps), for -ot patterns and the planner
+EXPERT_PATTERN = r"ffn_(up|down|gate|gate_up)_(ch|)exps"
+EXPERT_RX = re.compile(rf"\.{EXPERT_PATTERN}\.")
 LAYER_RX = re.compile(r"^blk\.(\d+)\.")
 REPACK_TYPES = {"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"}  # ggml-cpu repack.cpp on x86 with AVX2 (no AVX512)
 CPU_ALIGN = 32  # ggml-cpu TENSOR_ALIGNMENT; also what an RPC server backed by a CPU reports
-KV_TYPES = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0,
-            "q4_0": gguf.GGMLQuantizationType.Q4_0, "f32": gguf.GGMLQuantizationType.F32}
 
 
 def pad(n: int, to: int) -> int:
@@ -379,8 +379,8 @@ def compute_bytes(shape: ModelShape, p: Placement, holds_layers: bool, holds_out
     VI = ub * 8 if fa else ub * shape.n_embd_v_gqa * 8
     F = shape.n_ff_exp * max(shape.n_expert_used, 1) * ub * 4 if shape.n_expert else shape.n_ff_exp * ub * 4
     S = ub * 20
-    # metis (moe_latent_size): the routed experts' inputs and outputs are latent-wide, and an ungated shared
-    # expert of width n_ff_shexp runs beside them on the full-width state
+    # routed experts working in a latent (moe_latent_size) have latent-wide inputs and outputs; a shared expert
+    # of width n_ff_shexp runs beside them on the full-width state (metis itself is modelled by galloc.py)
     El = (shape.moe_latent or shape.n_embd) * ub * 4
     Fs = shape.n_ff_shexp * ub * 4
     # attention without q/k norms (llama-style) keeps one hidden-state-sized tensor fewer than OLMoE's
@@ -448,7 +448,8 @@ def predict(shape: ModelShape, p: Placement, devices: list[Device]) -> Predictio
             usage[out_dev].read_per_token += emb.n_bytes
     repacked = [t for t in cpu_tensors if p.repack and t.type in REPACK_TYPES and len(t.shape) >= 2
                 and t.shape[1] % 8 == 0 and not t.name.startswith("token_embd.")]  # GET_ROWS is not repacked
-    mapped = [t for t in cpu_tensors if t not in repacked]
+    repacked_names = {t.name for t in repacked}
+    mapped = [t for t in cpu_tensors if t.name not in repacked_names]
     host.repack = sum(pad(t.n_bytes, CPU_ALIGN) for t in repacked)
     # resident host weights: pages of the tensors the CPU uses from the mapping, plus the repacked copies
     # (pages of offloaded or repacked tensors are read once at load and stay only as reclaimable page cache)
@@ -466,6 +467,23 @@ def predict(shape: ModelShape, p: Placement, devices: list[Device]) -> Predictio
     first_dev = where.get(max(ngl_start, 0))
     pipeline = (len(devices) > 1 and p.n_gpu_layers > shape.n_layer and not p.cpu_expert_layers
                 and all(d.kind in ("gpu", "rpc") for d in devices))  # llama_context's conditions
+    build_graph = galloc.GRAPH_BUILDERS.get(shape.arch)
+    if build_graph is not None:
+        # a graph modelled node by node: the allocator's peak per backend (galloc.py)
+        ub = min(p.n_ubatch, p.n_batch, p.n_ctx)
+        offloaded = {}  # CPU-resident expert weights a GPU computes with for a batch (copied into its buffer)
+        for t in shape.tensors:
+            il = t.layer
+            if (t.is_expert and il in p.cpu_expert_layers and where[il] != "CPU" and ub >= 32
+                    and dev_by_name[where[il]].kind == "gpu"):
+                offloaded[t.name] = t.n_bytes
+        g = build_graph(shape, p, where, set(p.cpu_expert_layers), offloaded)
+        sizes = galloc.compute_buffers(g, {"CPU": CPU_ALIGN, **{d.name: d.align for d in devices}},
+                                       SCHED_MAX_COPIES if pipeline else 1)
+        for d in devices:
+            usage[d.name].compute = sizes.get(d.name, 0)
+        host.compute = sizes.get("CPU", 0)
+        return Prediction(usage, host, where)
     for d in devices:
         layers = [il for il in range(shape.n_layer) if where[il] == d.name]
         has_out = where[shape.n_layer] == d.name
