@@ -115,3 +115,22 @@ def machine() -> dict:
 
 def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
+
+
+def print_pairs(rep: dict, rungs, what: str, digits: int = 4) -> None:
+    """The mix − stock table of an eval report (`rep`: type → VariantQuality, with `T` and `T-mix` per rung),
+    paired chunk by chunk: the difference's mean ± its standard error, and how many chunks the mix wins."""
+    import numpy as np
+
+    print(f"{what}; mix − stock, chunk by chunk:")
+    print("| type | size stock → mix | mean KL stock | mean KL mix | difference | chunks mix better | "
+          "top-1 stock → mix | PPL stock → mix |")
+    print("|---|---|---|---|---|---|---|---|")
+    for t in rungs:
+        s, m = rep[t], rep[f"{t}-mix"]
+        d = np.asarray(m.kl_chunks) - np.asarray(s.kl_chunks)
+        f = f".{digits}f"
+        print(f"| {t} | {s.size_bytes:,} → {m.size_bytes:,} ({100 * (m.size_bytes / s.size_bytes - 1):+.2f}%) | "
+              f"{s.kl_mean:{f}} ± {s.kl_stderr:{f}} | {m.kl_mean:{f}} ± {m.kl_stderr:{f}} | "
+              f"{100 * d.mean() / s.kl_mean:+.1f}% ({d.mean():+{f}} ± {d.std(ddof=1) / np.sqrt(len(d)):{f}}) | "
+              f"{(d < 0).sum()} of {len(d)} | {100 * s.top1:.1f}% → {100 * m.top1:.1f}% | {s.ppl:.1f} → {m.ppl:.1f} |")

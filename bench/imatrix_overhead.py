@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ggtool import fixtures  # noqa: E402
-from ggtool.imatrix import make_chunks  # noqa: E402
+from ggtool.calibration import make_chunks  # noqa: E402
 from ggtool.llama.imatrix import ImatrixCollector, adds_bos, bos_token, evaluate_chunks  # noqa: E402
 from ggtool.llama.model import LlamaModel  # noqa: E402
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ggtool.imatrix import Imatrix, ImatrixEntry, read_imatrix
+from ggtool.imatrix_file import Imatrix, ImatrixEntry, read_imatrix
 from ggtool.quality import evaluate
 from ggtool.quantize import quantize_one
 

@@ -1,37 +1,40 @@
-"""ggtool's mix vs the stock recipes on a second, differently shaped model built here: a neo-3 (Mixtral) with GQA,
-4 experts top-1, expert width 512, 3 layers, random weights (seed 3), through `ladder --mix` on a slice of the
-calibration text.
+"""ggtool's mix vs the stock recipes on the second model of tests/test_mix_second_model.py: a neo-3 (Mixtral; 2
+layers, 4 experts top-1 of width 512, GQA 8/2, SentencePiece 2048) trained there on the calibration text and the
+conversations, `ladder --mix` on it (mix chosen on a calibration slice), then the paired comparison on the
+held-out text (chunk by chunk, ± the standard error), with each step's time.
 
-    python bench/mix_second_model.py [OUT_DIR]
+    python bench/mix_second_model.py [OUT_DIR] [--steps N] [--heldout-chars N]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-from ggtool import fixtures
-from ggtool.ladder import ladder
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-CALIBRATION = Path(__file__).resolve().parent.parent / "imatrix_data" / "calibration.txt"
+from common import print_pairs  # noqa: E402 (bench/common.py)
+from ggtool.quality import evaluate  # noqa: E402
+from tests.test_mix_second_model import RUNGS, build  # noqa: E402
 
 
 def main() -> None:
-    folder = Path(sys.argv[1] if len(sys.argv) > 1 else "out/mix-neo3")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out", nargs="?", default="out/mix-neo3")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--heldout-chars", type=int, default=12_000)
+    a = ap.parse_args()
+    folder = Path(a.out)
     folder.mkdir(parents=True, exist_ok=True)
-    tok = fixtures.train_spm_tokenizer(folder / "spm", vocab_size=4096)
-    src = fixtures.make_mixtral(folder / "neo3-mix", tok, seed=3, hidden_size=256, intermediate_size=512, layers=3,
-                                experts=4, top_k=1, heads=8, kv_heads=2, init_std=0.05)
-    calibration = folder / "calibration.txt"
-    calibration.write_text(CALIBRATION.read_text()[:60_000])
-    r = ladder(src, folder / "ladder", calibration=[calibration], conversations=None, chunk_size=256, eval_ctx=256,
-               mix=True)
+    log, r = build(folder, steps=a.steps, heldout_chars=a.heldout_chars,
+                   on_step=lambda s: print(f"  {s.name:<20} {s.seconds:6.1f} s{'' if s.made else ' (up to date)'}",
+                                           flush=True))
+    print(f"trained: {log}")
     rows = {v.type: v for v in r.report.variants}
-    for t in ("IQ2_M", "IQ3_M", "Q3_K_M", "Q4_K_M"):
-        s, m = rows[t], rows[f"{t}-mix"]
-        print(f"{t:<7} size {100 * (m.size_bytes / s.size_bytes - 1):+.2f}%  KL {s.kl_mean:.5f} → {m.kl_mean:.5f} "
-              f"({100 * (m.kl_mean / s.kl_mean - 1):+.1f}%)  top-1 {100 * s.top1:.1f}% → {100 * m.top1:.1f}%  "
-              f"PPL {s.ppl:.1f} → {m.ppl:.1f}")
+    files = [rows[t].file for t in RUNGS] + [rows[f"{t}-mix"].file for t in RUNGS]
+    rep = {v.type: v for v in evaluate(r.base, files, Path(r.report.text), n_ctx=256).variants}
+    print_pairs(rep, RUNGS, f"held-out {Path(r.report.text).name}, {r.report.n_tokens} scored tokens", digits=5)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from common import print_pairs
 
 from ggtool import DEFAULT_MODEL
 from ggtool.ladder import ladder
@@ -41,17 +41,7 @@ def main() -> None:
     rows = {v.type: v for v in r.report.variants}
     files = [rows[t].file for t in RUNGS] + [rows[f"{t}-mix"].file for t in RUNGS]
     rep = {v.type: v for v in evaluate(r.base, files).variants}
-    print(f"held-out {Path(r.report.text).name}, {r.report.n_tokens} scored tokens; mix − stock, chunk by chunk:")
-    print("| type | size stock → mix | mean KL stock | mean KL mix | difference | chunks mix better | "
-          "top-1 stock → mix | PPL stock → mix |")
-    print("|---|---|---|---|---|---|---|---|")
-    for t in RUNGS:
-        s, m = rep[t], rep[f"{t}-mix"]
-        d = np.asarray(m.kl_chunks) - np.asarray(s.kl_chunks)
-        print(f"| {t} | {s.size_bytes:,} → {m.size_bytes:,} ({100 * (m.size_bytes / s.size_bytes - 1):+.2f}%) | "
-              f"{s.kl_mean:.4f} ± {s.kl_stderr:.4f} | {m.kl_mean:.4f} ± {m.kl_stderr:.4f} | "
-              f"{100 * d.mean() / s.kl_mean:+.1f}% ({d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}) | "
-              f"{(d < 0).sum()} of {len(d)} | {100 * s.top1:.1f}% → {100 * m.top1:.1f}% | {s.ppl:.1f} → {m.ppl:.1f} |")
+    print_pairs(rep, RUNGS, f"held-out {Path(r.report.text).name}, {r.report.n_tokens} scored tokens", digits=4)
 
 
 if __name__ == "__main__":

@@ -97,24 +97,33 @@ def logits_match(a: Path, b: Path, text: str) -> tuple[float, float]:
 
 def main() -> None:
     from ggtool.convert import convert
-    from ggtool.imatrix import collect, read_imatrix
+    from ggtool.imatrix import collect
+    from ggtool.imatrix_file import read_imatrix
     from ggtool.mix import choose_and_write, groups, measure, quantizable_tensors
-    from ggtool.quality import evaluate
     from ggtool.quantize import imatrix_kv_overrides, quantize_one
 
     ap = argparse.ArgumentParser()
     ap.add_argument("out", nargs="?", default="out/rotation")
     ap.add_argument("--model", choices=("default", "neo3"), default="default")
-    ap.add_argument("--types", default="IQ2_M,Q3_K_M")
+    ap.add_argument("--types", default="IQ2_M,IQ3_M,Q3_K_M,Q4_K_M")
+    ap.add_argument("--eval-only", action="store_true", help="measure the files an earlier run left in OUT_DIR")
     a = ap.parse_args()
     out = Path(a.out) / a.model
     out.mkdir(parents=True, exist_ok=True)
+    if a.eval_only:
+        files = [out / f"{k}-{t}{s}.gguf" for k in ("plain", "rotated") for t in a.types.split(",") for s in ("", "-MIX")]
+        report(out / "plain-F16.gguf", files, a.types.split(","), 256 if a.model == "neo3" else 512)
+        return
     if a.model == "default":
         src = DEFAULT_MODEL
-    else:
-        tok = fixtures.train_spm_tokenizer(out / "spm", vocab_size=4096)
-        src = fixtures.make_mixtral(out / "neo3", tok, seed=3, hidden_size=256, intermediate_size=512, layers=3,
-                                    experts=4, top_k=1, heads=8, kv_heads=2, init_std=0.05)
+    else:  # the second model of tests/test_mix_second_model.py: a neo-3 trained on the calibration text
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from tests.test_mix_second_model import SHAPE, training_text
+
+        held = (CAL.parent / "heldout.txt").read_text()[:16_000]
+        src = Path(fixtures.train_mixtral(out / "neo3", training_text(), held, **SHAPE)["src"])
     rot = rotate_checkpoint(src, out / "rotated")
     text = CAL.read_text()[:4000]
     f32 = {k: convert(s, out / f"{k}-F32.gguf", "f32").dest for k, s in (("plain", src), ("rotated", rot))}
@@ -133,13 +142,31 @@ def main() -> None:
                                    kv_overrides=imatrix_kv_overrides(im, im_path.name, len(im.means())),
                                    label=f"{t}-mix", nominal=t, confirm=False, n_threads=1, sensitivities=sens)
             files += [stock, mix.path]
-    r = evaluate(base, files, n_threads=1)
+    report(base, files, a.types.split(","), 256 if a.model == "neo3" else 512)
+
+
+def report(base: Path, files: list[Path], types: list[str], n_ctx: int) -> None:
+    """Every file against the unrotated base on the held-out text, then rotated − unrotated paired per chunk."""
+    from ggtool.quality import evaluate
+
+    r = evaluate(base, files, n_ctx=n_ctx, n_threads=1)
     print(f"KL against the unrotated F16 base on {Path(r.text).name} ({r.n_tokens} tokens):")
     print("| file | size | mean KL | top-1 | PPL |")
     print("|---|---|---|---|---|")
     for v in r.variants:
         print(f"| {Path(v.file).name} | {v.size_bytes:,} | {v.kl_mean:.4f} ± {v.kl_stderr:.4f} | {100 * v.top1:.1f}% | "
               f"{v.ppl:.1f} |")
+    by = {Path(v.file).name: v for v in r.variants}
+    print("\nRotated − unrotated at equal size, paired chunk by chunk:")
+    print("| type | recipe | KL unrotated | KL rotated | difference | chunks rotated better |")
+    print("|---|---|---|---|---|---|")
+    for t in types:
+        for kind, suffix in (("stock", ""), ("mix", "-MIX")):
+            p, q = by[f"plain-{t}{suffix}.gguf"], by[f"rotated-{t}{suffix}.gguf"]
+            d = np.asarray(q.kl_chunks) - np.asarray(p.kl_chunks)
+            print(f"| {t} | {kind} | {p.kl_mean:.4f} ± {p.kl_stderr:.4f} | {q.kl_mean:.4f} ± {q.kl_stderr:.4f} | "
+                  f"{100 * d.mean() / p.kl_mean:+.1f}% ({d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}) | "
+                  f"{(d < 0).sum()} of {len(d)} |")
 
 
 if __name__ == "__main__":

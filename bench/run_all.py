@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference  # noqa: E402
 from common import PY, REPO, Section, ggtool_commands, machine, timed  # noqa: E402
 
-SECTIONS = ["convert", "imatrix", "quantize", "run", "plan"]
+SECTIONS = ["convert", "imatrix", "quantize", "families", "run", "plan", "mix"]
 
 # The model the imatrix / quantize / run / plan sections share: the convert generator's OLMoE shape with fewer
 # layers, so four quantizations by two tools fit the time budget while each step still takes seconds.

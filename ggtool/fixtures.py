@@ -12,14 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-TULU_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
-    "{{ '<|system|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'user' %}"
-    "{{ '<|user|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'assistant' %}"
-    "{% if not loop.last %}{{ '<|assistant|>\\n' + message['content'] + eos_token + '\\n' }}"
-    "{% else %}{{ '<|assistant|>\\n' + message['content'] + eos_token }}{% endif %}{% endif %}"
-    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}{% endfor %}"
-)
+from .families.metis import METIS_CHAT_TEMPLATE
+from .families.olmoe import TULU_TEMPLATE
 
 MULTILINGUAL = (
     "Grüße aus München! Ça va très bien, merci. ¿Dónde está la estación? Привет, как дела? "
@@ -142,12 +136,13 @@ def make_tiny_olmoe(folder: Path, tokenizer_dir: Path, *, vocab_size: int, seed:
 
 
 def train_spm_tokenizer(folder: Path, vocab_size: int = 4096, n_chars: int = 600_000,
-                        chat_template: str | None = None, **options) -> Path:
-    """A SentencePiece BPE (byte fallback, Llama-2 settings) trained on stdlib sources, saved HF-style in `folder`."""
+                        chat_template: str | None = None, text: str | None = None, **options) -> Path:
+    """A SentencePiece BPE (byte fallback, Llama-2 settings) trained on stdlib sources (or on `text`), saved
+    HF-style in `folder`."""
     import sentencepiece as spm
 
     folder.mkdir(parents=True, exist_ok=True)
-    lines = (stdlib_text(0, n_chars) + MULTILINGUAL).splitlines()
+    lines = (stdlib_text(0, n_chars) + MULTILINGUAL if text is None else text).splitlines()
     settings = dict(model_type="bpe", vocab_size=vocab_size, byte_fallback=True, character_coverage=0.9995,
                     normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
                     split_digits=True, allow_whitespace_only_pieces=True, max_sentence_length=1 << 16,
@@ -344,13 +339,6 @@ def make_ssmoelm(folder: Path, tokenizer_dir: Path, *, five_layer: bool = False,
 
 # --- Metis-1.5: a JAX pytree flattened into safetensors (metis_jax_safetensors_v1), bf16 -------------
 
-# tokenizer_config.json's chat_template of Metis-1.5-think, verbatim (reference/models.md §4.6)
-METIS_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'system' %}System: {{ message['content'] }}\n"
-    "{% elif message['role'] == 'user' %}User: {{ message['content'] }}\n"
-    "{% elif message['role'] == 'assistant' %}Assistant: {{ message['content'] }}\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant: {% endif %}"
-)
 # the 44 byte values whose byte-level symbols the released vocabulary lacks (models.md §4.5)
 METIS_ABSENT_BYTES = [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, 0xC0, 0xC1, *range(0xF5, 0x100)]
 METIS_GENERATION_CONFIG = {"do_sample": True, "temperature": 0.7, "top_p": 0.95, "max_new_tokens": 256,
@@ -459,3 +447,99 @@ def make_metis(folder: Path, tokenizer_dir: Path, *, seed: int = 0, d_model: int
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (folder / name).write_bytes((tokenizer_dir / name).read_bytes())
     return folder
+
+
+# --- small trained models -----------------------------------------------------------------------------
+
+def unigram_loss(train_ids: np.ndarray, held_ids: np.ndarray, vocab: int) -> float:
+    """Cross-entropy (nats/token) of held-out tokens under add-one-smoothed training unigram frequencies."""
+    counts = np.bincount(train_ids, minlength=vocab).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(-logp[held_ids].mean())
+
+
+def held_out_loss(model, held_ids: np.ndarray, seq_len: int, batch: int) -> float:  # noqa: ANN001
+    """Mean next-token cross-entropy (transformers) over non-overlapping `seq_len` windows of a token stream."""
+    import torch
+
+    n = (len(held_ids) - 1) // seq_len
+    x = torch.from_numpy(held_ids[: n * seq_len + 1])
+    inputs = x[:-1].view(n, seq_len)
+    targets = x[1:].view(n, seq_len)
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, n, batch):
+            logits = model(input_ids=inputs[i:i + batch]).logits.float()
+            total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                       targets[i:i + batch].reshape(-1), reduction="sum").item()
+    model.train()
+    return total / (n * seq_len)
+
+
+def train_causal_lm(model, ids: np.ndarray, *, steps: int, batch: int, seq_len: int, lr: float, seed: int,  # noqa: ANN001
+                    aux_loss_coef: float = 0.01, log=None) -> None:  # noqa: ANN001
+    """Next-token training of a transformers MoE on random windows of `ids`: AdamW (0.9, 0.95, weight decay 0.1),
+    linear warm-up over 5% of the steps then cosine to 10% of `lr`, gradients clipped at 1, the router's
+    load-balancing loss added at `aux_loss_coef`. Deterministic for a seed and a thread count.
+    `log(step, loss)` is called every 25 steps and at the last."""
+    import math
+
+    import torch
+
+    vocab = model.config.vocab_size
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * (
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
+    rng = np.random.default_rng(seed)
+    starts = len(ids) - seq_len - 1
+    model.train()
+    for step in range(steps):
+        offsets = rng.integers(0, starts, size=batch)
+        window = torch.from_numpy(np.stack([ids[o:o + seq_len + 1] for o in offsets]))
+        result = model(input_ids=window[:, :-1], output_router_logits=True)
+        lm_loss = torch.nn.functional.cross_entropy(result.logits.reshape(-1, vocab), window[:, 1:].reshape(-1))
+        (lm_loss + aux_loss_coef * result.aux_loss).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        schedule.step()
+        opt.zero_grad(set_to_none=True)
+        if log and (step % 25 == 0 or step == steps - 1):
+            log(step, lm_loss.item())
+
+
+def train_mixtral(folder: Path, text: str, heldout: str, *, steps: int = 240, seed: int = 0, vocab_size: int = 2048,
+                  seq_len: int = 128, batch: int = 8, lr: float = 3e-3, threads: int = 1, **shape) -> dict:
+    """A small neo-3 (MixtralForCausalLM) trained here on `text`: a SentencePiece tokenizer trained on the same
+    text, `make_mixtral`'s model (keyword `shape` overrides: layers, experts, top_k, intermediate_size, ...)
+    trained for `steps` steps, saved in bf16 as released checkpoints are. Returns its training log: held-out
+    loss on `heldout` (never trained on) beside the unigram baseline, nats/token."""
+    import time
+
+    import sentencepiece as spm
+    import torch
+    from transformers import MixtralForCausalLM
+
+    t0 = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    tok_dir = train_spm_tokenizer(folder / "tokenizer", vocab_size=vocab_size, text=text)
+    sp = spm.SentencePieceProcessor(model_file=str(tok_dir / "tokenizer.model"))
+    train_ids = np.asarray(sp.encode(text), dtype=np.int64)
+    held_ids = np.asarray(sp.encode(heldout), dtype=np.int64)
+    src = make_mixtral(folder / "model", tok_dir, seed=seed, vocab_size=vocab_size, init_std=0.02, **shape)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(seed)
+        model = MixtralForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+        train_causal_lm(model, train_ids, steps=steps, batch=batch, seq_len=seq_len, lr=lr, seed=seed,
+                        aux_loss_coef=0.01)
+        model = model.to(torch.bfloat16).to(torch.float32)  # measured as shipped
+        loss = held_out_loss(model, held_ids, seq_len, batch)
+        model.to(torch.bfloat16).save_pretrained(str(src))
+    finally:
+        torch.set_num_threads(threads_before)
+    return {"steps": steps, "train_tokens": int(len(train_ids)), "heldout_tokens": int(len(held_ids)),
+            "heldout_loss": round(loss, 4), "unigram_loss": round(unigram_loss(train_ids, held_ids, vocab_size), 4),
+            "seconds": round(time.perf_counter() - t0, 1), "src": str(src)}

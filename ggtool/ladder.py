@@ -14,10 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
+from .convert import convert
 from .errors import GgtoolError
+from .gguf_in import read_header
+from .imatrix import collect
+from .imatrix_file import read_imatrix
+from .llama.ggml_types import file_type
+from .llama.worker import Session
+from .mix import choose_and_write, groups, measure, quantizable_tensors, read_sensitivities, write_sensitivities
 from .outputs import atomic_output, refuse_inputs, removes_created_folder
-from .quality import DEFAULT_HELDOUT, EvalReport
-from .quantize import DEFAULT_TYPES, ftype_name, output_name
+from .quality import DEFAULT_HELDOUT, EvalReport, VariantQuality, evaluate
+from .quantize import DEFAULT_TYPES, imatrix_kv_overrides, output_name, quantize_one
 
 DATA = Path(__file__).resolve().parent.parent / "imatrix_data"
 DEFAULT_CALIBRATION = DATA / "calibration.txt"
@@ -96,17 +103,12 @@ def ladder(src: Path | str, out_dir: Path | str, types: list[str] = DEFAULT_TYPE
     in `types` and measure each against the base on held-out text, skipping outputs that are up to date.
     `mix`: beside each type, ggtool's own mix at that file's size (<...>-<TYPE>-MIX.gguf, type "<TYPE>-mix"),
     its sensitivities measured once on the calibration text (mix-sensitivities.json)."""
-    from .convert import convert
-    from .imatrix import collect
-    from .quality import evaluate
-    from .quantize import quantize_one
-
     src, out_dir = Path(src), Path(out_dir)
     if not src.exists():
         raise GgtoolError(f"{src}: no such checkpoint folder or GGUF file")
     if not out_dir.parent.is_dir():
         raise GgtoolError(f"{out_dir.parent}: folder does not exist", "create it first or choose another -o")
-    types = [ftype_name(t) for t in types]  # an unknown type name fails before any work
+    types = [file_type(t) for t in types]  # an unknown type name fails before any work
     calibration = [Path(p) for p in (calibration or [DEFAULT_CALIBRATION])]
     heldout = Path(heldout) if heldout else DEFAULT_HELDOUT
     for p in [*calibration, heldout]:
@@ -189,10 +191,6 @@ def ladder(src: Path | str, out_dir: Path | str, types: list[str] = DEFAULT_TYPE
 def _mix_rungs(base: Path, imatrix: Path, calibration: list[Path], types: list[str], stock: list[Path],
                out_dir: Path, run_step: Callable, tick: Progress) -> list[Path]:
     """ggtool's mix at each stock file's size, beside it."""
-    from .imatrix import read_imatrix
-    from .mix import choose_and_write, groups, measure, quantizable_tensors, read_sensitivities, write_sensitivities
-    from .quantize import imatrix_kv_overrides
-
     cal_fp = [file_fingerprint(p) for p in calibration]
 
     def make_sensitivities() -> Path:
@@ -203,24 +201,24 @@ def _mix_rungs(base: Path, imatrix: Path, calibration: list[Path], types: list[s
     sens_path = run_step("mix sensitivities", [file_fingerprint(base), file_fingerprint(imatrix), cal_fp],
                          make_sensitivities)
     out = []
-    for t, stock_file in zip(types, stock):
-        def make_mix(t: str = t, stock_file: Path = stock_file) -> Path:
-            tick(f"mix {t}", 0, 1)
-            im = read_imatrix(imatrix)
-            r = choose_and_write(base, out_dir / output_name(base, f"{t}-MIX"), target_bytes=stock_file.stat().st_size,
-                                 imatrix=im, kv_overrides=imatrix_kv_overrides(im, imatrix.name, len(im.means())),
-                                 calibration=calibration, label=f"{t}-mix", nominal=t,
-                                 sensitivities=read_sensitivities(sens_path), confirm=False)
-            return r.path
-        inputs = [file_fingerprint(base), file_fingerprint(imatrix), file_fingerprint(stock_file),
-                  file_fingerprint(sens_path), t]
-        out.append(run_step(f"mix {t}", inputs, make_mix))
+    with Session() as session:  # one worker for every rung: llama.cpp's IQ2/IQ3 grids are built once
+        for t, stock_file in zip(types, stock):
+            def make_mix(t: str = t, stock_file: Path = stock_file) -> Path:
+                tick(f"mix {t}", 0, 1)
+                im = read_imatrix(imatrix)
+                r = choose_and_write(base, out_dir / output_name(base, f"{t}-MIX"),
+                                     target_bytes=stock_file.stat().st_size, imatrix=im,
+                                     kv_overrides=imatrix_kv_overrides(im, imatrix.name, len(im.means())),
+                                     calibration=calibration, label=f"{t}-mix", nominal=t,
+                                     sensitivities=read_sensitivities(sens_path), confirm=False, session=session)
+                return r.path
+            inputs = [file_fingerprint(base), file_fingerprint(imatrix), file_fingerprint(stock_file),
+                      file_fingerprint(sens_path), t]
+            out.append(run_step(f"mix {t}", inputs, make_mix))
     return out
 
 
 def _has_chat_template(path: Path) -> bool:
-    from .gguf_in import read_header
-
     try:
         return read_header(path).get("tokenizer.chat_template") is not None
     except GgtoolError:  # unreadable: the imatrix step's own load reports it
@@ -229,8 +227,6 @@ def _has_chat_template(path: Path) -> bool:
 
 def report_from_json(path: Path) -> EvalReport:
     """An EvalReport read back from its quality JSON."""
-    from .quality import VariantQuality
-
     d = json.loads(path.read_text())
     extra = {k: d[k] for k in ("base_ppl", "base_type", "base_size_bytes", "base_bpw") if k in d}
     return EvalReport(d["base"], d["text"], d["n_tokens"], [VariantQuality(**v) for v in d["variants"]], **extra)

@@ -19,9 +19,9 @@ Everything numerical is llama.cpp's; the file loads in stock llama.cpp, Ollama a
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +30,18 @@ from typing import Callable
 import gguf
 import numpy as np
 
+from .calibration import calibration_tokens, model_chunks
+from .divergence import kl_rows, log_softmax
 from .errors import GgtoolError
 from .gguf_in import read_header
-from .outputs import refuse_inputs
+from .llama.ggml_types import FILE_TYPES, GGML_TYPES, TENSOR_TYPES_NEEDING_IMATRIX
+from .llama.model import ContextOptions, LlamaModel
+from .llama.quantize import planned_types, quantize_file
+from .llama.worker import Session
+from .outputs import atomic_output, refuse_inputs, temporary_folder
 
 # candidate tensor types, fewest bits first (llama.cpp's quantization types, as ggml names them)
 CANDIDATES = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
-NEEDS_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS"}
 ALIGN = 32  # GGUF's default tensor data alignment
 KEY_PREFIX = "ggtool.mix."
 # the ftype a file is labelled with (general.file_type), by the type holding most of its bytes
@@ -46,11 +51,6 @@ FTYPE_OF = {"IQ2_XXS": "IQ2_XXS", "IQ2_XS": "IQ2_XS", "IQ2_S": "IQ2_S", "IQ3_XXS
 _ATTN = re.compile(r"attn_(q|k|v|output|qkv|q_a|q_b|kv_a_mqa|kv_b)$")
 
 Progress = Callable[[str, int, int], None]
-
-
-def ftype_id(name: str) -> int:
-    key = "ALL_F32" if name == "F32" else f"MOSTLY_{name}"
-    return int(gguf.LlamaFileType[key])
 
 
 def ggml_type(name: str) -> gguf.GGMLQuantizationType:
@@ -120,10 +120,6 @@ class Sensitivities:
 
 
 def write_sensitivities(sens: Sensitivities, dest: Path) -> Path:
-    import json
-
-    from .gguf_out import atomic_output
-
     with atomic_output(dest) as tmp:
         tmp.write_text(json.dumps({"base": sens.base, "kl": sens.kl, "n_tokens": sens.n_tokens,
                                    "passes": sens.passes, "seconds": sens.seconds}, indent=1) + "\n")
@@ -131,8 +127,6 @@ def write_sensitivities(sens: Sensitivities, dest: Path) -> Path:
 
 
 def read_sensitivities(path: Path) -> Sensitivities:
-    import json
-
     try:
         d = json.loads(Path(path).read_text())
         return Sensitivities(d["base"], d["kl"], int(d["n_tokens"]), int(d["passes"]), float(d["seconds"]))
@@ -178,9 +172,7 @@ def groups(model: Path, quantizable: dict[str, str]) -> list[Group]:
 
 def quantizable_tensors(model: Path) -> dict[str, str]:
     """Tensor → type llama.cpp gives it in a pure Q8_0 file: the tensors llama.cpp quantizes at all."""
-    from .llama.quantize import planned_types
-
-    return planned_types(model, ftype_id("Q8_0"), [(".", int(gguf.GGMLQuantizationType.Q8_0))])
+    return planned_types(model, FILE_TYPES["Q8_0"], [(".", GGML_TYPES["Q8_0"])])
 
 
 def _background(gs: list[Group]) -> list[tuple[str, int]]:
@@ -189,7 +181,7 @@ def _background(gs: list[Group]) -> list[tuple[str, int]]:
     for g in gs:
         for n, ty in g.base_types.items():
             by_type.setdefault(ty, []).append(n)
-    return [("^(" + "|".join(re.escape(n) for n in names) + ")$", int(ggml_type(ty))) for ty, names in by_type.items()]
+    return [("^(" + "|".join(re.escape(n) for n in names) + ")$", GGML_TYPES[ty]) for ty, names in by_type.items()]
 
 
 class _Scorer:
@@ -197,9 +189,6 @@ class _Scorer:
 
     def __init__(self, base: Path, text_files: list[Path], n_ctx: int, n_chunks: int, n_threads: int,
                  tmpdir: Path):
-        from .imatrix import calibration_tokens, model_chunks
-        from .llama.model import ContextOptions, LlamaModel
-
         if not n_threads:  # tiny models: one thread (synchronising threads costs more than the small matmuls)
             n_params = sum(t.n_elements for t in read_header(base).tensors)
             n_threads = min(os.cpu_count() or 1, max(1, n_params // 25_000_000))
@@ -215,24 +204,16 @@ class _Scorer:
             self.logp = np.lib.format.open_memmap(tmpdir / "base.npy", mode="w+", dtype=np.float32,
                                                   shape=(len(self.chunks), scored, model.n_vocab))
             for i, c in enumerate(self.chunks):
-                self.logp[i] = _log_softmax(model.logits(c, self.opts)[self.first:n_ctx - 1])
+                self.logp[i] = log_softmax(model.logits(c, self.opts)[self.first:n_ctx - 1])
         self.n_tokens = len(self.chunks) * scored
 
     def kl(self, path: Path) -> float:
-        from .llama.model import LlamaModel
-
         total = 0.0
         with LlamaModel(path) as model:
             for i, c in enumerate(self.chunks):
-                logq = _log_softmax(model.logits(c, self.opts)[self.first:self.n_ctx - 1])
-                logp = np.asarray(self.logp[i])
-                total += float(np.maximum((np.exp(logp) * (logp - logq)).sum(axis=1, dtype=np.float64), 0).sum())
+                logq = log_softmax(model.logits(c, self.opts)[self.first:self.n_ctx - 1])
+                total += float(kl_rows(np.asarray(self.logp[i]), logq).sum())
         return total / self.n_tokens
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True, dtype=np.float64)).astype(np.float32)
 
 
 def candidates_for(g: Group, means: dict[str, np.ndarray] | None, candidates: tuple[str, ...] = CANDIDATES
@@ -240,7 +221,7 @@ def candidates_for(g: Group, means: dict[str, np.ndarray] | None, candidates: tu
     """The candidate types llama.cpp can give every tensor of `g`: whole blocks per row, and the types that need
     an importance matrix only if the matrix covers every tensor (ggml aborts without one)."""
     covered = means is not None and all(n in means for n in g.tensors)
-    return [t for t in candidates if g.allows(t) and (covered or t not in NEEDS_IMATRIX)]
+    return [t for t in candidates if g.allows(t) and (covered or t not in TENSOR_TYPES_NEEDING_IMATRIX)]
 
 
 def measure(base: Path, gs: list[Group], means: dict[str, np.ndarray] | None, text_files: list[Path],
@@ -248,21 +229,19 @@ def measure(base: Path, gs: list[Group], means: dict[str, np.ndarray] | None, te
             progress: Progress | None = None, keep: list[Group] | None = None) -> Sensitivities:
     """KL on the calibration slice for every (group, candidate type), one group quantized at a time; the other
     groups (and the tensors of `keep`) stay as they are in the base."""
-    from .llama.quantize import quantize_file
-
     t0 = time.perf_counter()
     background = _background(keep or gs)
     kl: dict[str, dict[str, float]] = {}
     todo = [(g, t) for g in gs for t in candidates_for(g, means, candidates)]
-    with tempfile.TemporaryDirectory(prefix="ggtool-mix-", dir=None) as tmp:
-        tmpdir = Path(tmp)
+    # one worker for every probe: llama.cpp builds its IQ2/IQ3 grids once, not once per probe
+    with temporary_folder("mix") as tmpdir, Session() as session:
         scorer = _Scorer(base, text_files, n_ctx, n_chunks, n_threads, tmpdir)
         probe = tmpdir / "probe.gguf"
         for i, (g, t) in enumerate(todo):
             if progress:
                 progress(f"sensitivity {g.name} {t}", i, len(todo))
-            quantize_file(base, probe, ftype_id("Q8_0"), means, [(g.pattern, int(ggml_type(t))), *background],
-                          [], n_threads)
+            quantize_file(base, probe, FILE_TYPES["Q8_0"], means, [(g.pattern, GGML_TYPES[t]), *background],
+                          [], n_threads, session)
             kl.setdefault(g.name, {})[t] = scorer.kl(probe)
         if progress:
             progress("sensitivity", len(todo), len(todo))
@@ -344,16 +323,15 @@ def choose_and_write(base: Path | str, dest: Path | str | Callable[[float], Path
                      label: str | None = None,
                      nominal: str | None = None, n_ctx: int = 256, n_chunks: int = 8,
                      candidates: tuple[str, ...] = CANDIDATES, sensitivities: Sensitivities | None = None,
-                     confirm: bool = True, n_threads: int = 0, progress: Progress | None = None) -> MixResult:
+                     confirm: bool = True, n_threads: int = 0, progress: Progress | None = None,
+                     session=None) -> MixResult:  # noqa: ANN001
     """Choose a mix for `base` at `target_bytes` (file size) or `target_bpw` (8 × tensor bytes ÷ parameters, as
     `eval` counts it) and write it to `dest` atomically. `imatrix` is an Imatrix (or None); `tensor_types` are
     parsed --tensor-type overrides (objects with .pattern, .type_name, .ggml_type), applied before the mix.
     `dest` may be a function of the mix's bits per weight. `kv_overrides` (e.g. quantize.imatrix.*) go in before
     the ggtool.mix.* keys. `sensitivities` from an
-    earlier call on the same base and calibration are reused."""
-    from .gguf_out import atomic_output
-    from .llama.quantize import quantize_file
-
+    earlier call on the same base and calibration are reused; `session` (a llama.worker.Session) quantizes in a
+    worker kept for several calls."""
     t0 = time.perf_counter()
     base = Path(base)
     if (target_bytes is None) == (target_bpw is None):
@@ -422,16 +400,16 @@ def choose_and_write(base: Path | str, dest: Path | str | Callable[[float], Path
     label = label or f"mix {bpw:.2f} bpw"
     refuse_inputs(dest, [("the input model", base)])
     overrides = [(tt.pattern, tt.ggml_type) for tt in tensor_types]
-    overrides += [(g.pattern, int(ggml_type(types[g.name]))) for g in gs]
+    overrides += [(g.pattern, GGML_TYPES[types[g.name]]) for g in gs]
     kvs = list(kv_overrides) + mix_kvs(label, recorded, target_bytes_file if target_bytes_file is not None else predicted)
     if progress:
         progress("write", 0, 1)
     with atomic_output(dest) as tmp:
-        quantize_file(base, tmp, ftype_id(nominal), means, overrides, kvs, n_threads)
+        quantize_file(base, tmp, FILE_TYPES[nominal], means, overrides, kvs, n_threads, session)
     confirmed = None
     if confirm:
-        with tempfile.TemporaryDirectory(prefix="ggtool-mix-") as tmp:
-            confirmed = _Scorer(base, calibration, n_ctx, n_chunks, n_threads, Path(tmp)).kl(dest)
+        with temporary_folder("mix") as tmp:
+            confirmed = _Scorer(base, calibration, n_ctx, n_chunks, n_threads, tmp).kl(dest)
     rows = [(g.name, g.n_params, recorded[g.name], sens.kl.get(g.name, {}).get(types.get(g.name, ""), float("nan")))
             for g in all_groups]
     predicted_kl = sum(r[3] for r in rows if np.isfinite(r[3]))

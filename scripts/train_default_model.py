@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import math
 import platform
 import re
 import sys
@@ -28,7 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ggtool.fixtures import TULU_TEMPLATE, stdlib_files  # noqa: E402
+from ggtool.fixtures import (TULU_TEMPLATE, held_out_loss, stdlib_files, train_causal_lm,  # noqa: E402
+                             unigram_loss)
 
 NAME = "ggtool-tiny-moe"
 SPECIAL = ["<|endoftext|>", "<|padding|>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -130,32 +130,6 @@ def encode(tok, docs: list[str]) -> np.ndarray:
 
 
 # -- training ----------------------------------------------------------------------------------------
-def unigram_loss(train_ids: np.ndarray, held_ids: np.ndarray, vocab: int) -> float:
-    """Cross-entropy (nats/token) of held-out tokens under add-one-smoothed training unigram frequencies."""
-    counts = np.bincount(train_ids, minlength=vocab).astype(np.float64) + 1.0
-    logp = np.log(counts / counts.sum())
-    return float(-logp[held_ids].mean())
-
-
-def held_out_loss(model, held_ids: np.ndarray) -> float:
-    """Mean next-token cross-entropy over non-overlapping SEQ_LEN windows of the held-out stream."""
-    import torch
-
-    n = (len(held_ids) - 1) // SEQ_LEN
-    x = torch.from_numpy(held_ids[: n * SEQ_LEN + 1])
-    inputs = x[:-1].view(n, SEQ_LEN)
-    targets = x[1:].view(n, SEQ_LEN)
-    model.eval()
-    total = 0.0
-    with torch.no_grad():
-        for i in range(0, n, BATCH):
-            logits = model(input_ids=inputs[i:i + BATCH]).logits.float()
-            total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                       targets[i:i + BATCH].reshape(-1), reduction="sum").item()
-    model.train()
-    return total / (n * SEQ_LEN)
-
-
 def train(args: argparse.Namespace) -> dict:
     import torch
     from transformers import OlmoeConfig, OlmoeForCausalLM
@@ -173,37 +147,23 @@ def train(args: argparse.Namespace) -> dict:
 
     ids = {t: tok.token_to_id(t) for t in SPECIAL}
     config = OlmoeConfig(**SHAPE, max_position_embeddings=4096, norm_topk_prob=False, tie_word_embeddings=False,
-                         router_aux_loss_coef=0.01, output_router_logits=True, initializer_range=0.02,
+                         router_aux_loss_coef=0.01, initializer_range=0.02,
                          bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"],
                          pad_token_id=ids["<|padding|>"])
     model = OlmoeForCausalLM(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
-    warmup = max(1, args.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * (
-        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))))
-    rng = np.random.default_rng(args.seed)
-    starts = len(train_ids) - SEQ_LEN - 1
     t_train = time.time()
-    for step in range(args.steps):
-        offsets = rng.integers(0, starts, size=BATCH)
-        batch = torch.from_numpy(np.stack([train_ids[o:o + SEQ_LEN + 1] for o in offsets]))
-        result = model(input_ids=batch[:, :-1])
-        lm_loss = torch.nn.functional.cross_entropy(result.logits.reshape(-1, SHAPE["vocab_size"]),
-                                                    batch[:, 1:].reshape(-1))
-        (lm_loss + config.router_aux_loss_coef * result.aux_loss).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
-        opt.zero_grad(set_to_none=True)
-        if step % 25 == 0 or step == args.steps - 1:
-            rate = (step + 1) * BATCH * SEQ_LEN / (time.time() - t_train)
-            print(f"step {step:5d}/{args.steps}  loss {lm_loss.item():.3f}  {rate:,.0f} tokens/s", flush=True)
+
+    def log(step: int, loss: float) -> None:
+        rate = (step + 1) * BATCH * SEQ_LEN / (time.time() - t_train)
+        print(f"step {step:5d}/{args.steps}  loss {loss:.3f}  {rate:,.0f} tokens/s", flush=True)
+    train_causal_lm(model, train_ids, steps=args.steps, batch=BATCH, seq_len=SEQ_LEN, lr=args.lr, seed=args.seed,
+                    aux_loss_coef=config.router_aux_loss_coef, log=log)
     train_seconds = time.time() - t_train
 
     # the shipped weights are bf16, as OLMoE's are: measure the model as shipped
     model.config.output_router_logits = False
     model = model.to(torch.bfloat16).to(torch.float32)
-    loss = held_out_loss(model, held_ids)
+    loss = held_out_loss(model, held_ids, SEQ_LEN, BATCH)
     baseline = unigram_loss(train_ids, held_ids, SHAPE["vocab_size"])
     model.to(torch.bfloat16).save_pretrained(str(out))
     model.config.to_json_file(str(out / "config.json"))

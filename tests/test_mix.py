@@ -90,3 +90,25 @@ def test_quantize_target_bpw_from_the_command_line(tmp_path: Path, olmoe_gguf: P
         small = run_cli("quantize", olmoe_gguf, "--target-size", size, "--imatrix", olmoe_imatrix, "-o",
                         tmp_path / "y")
         assert small.returncode == 1 and "--target-size" in small.stderr and "Traceback" not in small.stderr
+
+
+def test_one_worker_serves_many_quantizations(tmp_path: Path, olmoe_gguf: Path):
+    """worker.Session (the mix's sensitivity passes): one process for a series of llama_model_quantize calls, a
+    failure answered without ending it, the process gone when the block ends."""
+    from ggtool.llama.quantize import quantize_file
+    from ggtool.llama.ggml_types import FILE_TYPES
+    from ggtool.llama.worker import Session
+
+    def ftype_id(name: str) -> int:
+        return FILE_TYPES[name]
+
+    with Session() as s:
+        quantize_file(olmoe_gguf, tmp_path / "a.gguf", ftype_id("Q8_0"), session=s)
+        pid = s.proc.pid
+        with pytest.raises(GgtoolError, match="could not quantize"):
+            quantize_file(tmp_path / "missing.gguf", tmp_path / "b.gguf", ftype_id("Q8_0"), session=s)
+        quantize_file(olmoe_gguf, tmp_path / "c.gguf", ftype_id("Q4_0"), session=s)
+        assert s.proc.pid == pid
+        proc = s.proc
+    assert proc.poll() is not None and s.proc is None
+    assert (tmp_path / "a.gguf").stat().st_size > (tmp_path / "c.gguf").stat().st_size > 0
