@@ -88,7 +88,9 @@ def run(ctx) -> Section:  # noqa: ANN001 - ctx: run_all.Context
                         for key in ("model", "kv", "compute", "output"):
                             if key not in p and key not in alloc[side]:
                                 continue
-                            a, q = alloc[side].get(key, 0), p.get(key, 0)
+                            # the log's host model buffer is the mapped span of the file: the plan's logged_model
+                            q = p.get("logged_model", 0) if side == "host" and key == "model" else p.get(key, 0)
+                            a = alloc[side].get(key, 0)
                             comp[f"{side} {key}"] = {"predicted": q, "allocated": a, "within_5pct": within(q, a)}
                             buf_rows.append(f"| {name} | {budget} MiB (ngl {plan['n_gpu_layers']}) | {side} {key} | "
                                             f"{q / MIB:.2f} | {a / MIB:.2f} | {pct(q, a)} |")

@@ -145,7 +145,9 @@ def run(ctx) -> Section:  # noqa: ANN001 - ctx: run_all.Context
                         continue
                     a = alloc[side].get(key, 0)
                     e = est.get(side, {}).get({"kv": "context"}.get(key, key)) if key != "output" else None
-                    comparisons[f"{side} {key}"] = {"predicted": p.get(key, 0), "allocated": a, "fit_print": e}
+                    # the log's host model buffer is the mapped span of the file: the plan's logged_model
+                    q = p.get("logged_model", 0) if side == "host" and key == "model" else p.get(key, 0)
+                    comparisons[f"{side} {key}"] = {"predicted": q, "allocated": a, "fit_print": e}
             # placement vs llama-fit-params for the same usable device memory and the plan's other settings
             usable = int(budget * (1 - plan.get("margin", 0.1)))
             keep = [f for f in flags if f not in ("--rpc",)]

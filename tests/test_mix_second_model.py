@@ -94,8 +94,9 @@ def test_ggtool_mix_beats_the_stock_recipe_on_a_second_model(neo3_ladder):
 
 
 def test_planner_predicts_the_buffers_of_the_mixed_files(neo3_ladder):
-    """The placement planner's buffers for every mixed file, split across an RPC device and the host (experts of
-    layer 1 on the host), within 5% of what llama.cpp's load logs."""
+    """The placement planner's buffers for every mixed file within 5% of what llama.cpp's load logs: experts of
+    layer 1 on the host beside an RPC device; every layer on the host with flash attention and a q8_0 cache (K and
+    V Hadamard-rotated); one layer offloaded with flash attention, a q4_0 cache and 256-token micro-batches."""
     from ggtool.plan.memory import Placement
 
     from .test_plan import check_predictions, start_rpc_server
@@ -105,7 +106,9 @@ def test_planner_predicts_the_buffers_of_the_mixed_files(neo3_ladder):
     try:
         for v in result.report.variants:
             if v.type.endswith("-mix"):
-                check_predictions(Path(v.file), Placement(99, 512, "f16", "f16", False, (1,)), endpoint)
+                for p in (Placement(99, 512, "f16", "f16", False, (1,)), Placement(1, 1024, "q8_0", "q8_0", True, ()),
+                          Placement(1, 4096, "q4_0", "q4_0", True, (), 512, 256)):
+                    check_predictions(Path(v.file), p, endpoint)
     finally:
         proc.kill()
         proc.wait()

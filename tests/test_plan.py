@@ -80,12 +80,18 @@ def logged_sizes(lines: list[str]) -> dict[tuple[str, str], float]:
     return out
 
 
-# (quant type, placement): full offload, experts on the CPU, partial layers; f16/q8_0/q4_0 caches; FA off/on
+# (quant type, placement): full offload, experts on the CPU, partial layers; f16/q8_0/q4_0 caches; FA off/on;
+# every layer on the host with only the output offloaded, without and with FA on a quantized (Hadamard-rotated)
+# cache, and a layer's experts on the host under full offload with FA (the cases a phase-by-phase estimate
+# missed by 10-20%)
 CASES = [
     ("Q4_K_M", Placement(99, 512, "f16", "f16", False, ())),
     ("Q4_K_M", Placement(99, 2048, "q8_0", "f16", False, (0, 1, 2))),
     ("Q8_0", Placement(2, 4096, "q4_0", "q4_0", True, (), 512, 256)),
     ("F16", Placement(3, 1024, "f16", "f16", True, (1,))),
+    ("F16", Placement(1, 1024, "f16", "f16", False, ())),
+    ("Q8_0", Placement(1, 512, "q8_0", "q8_0", True, ())),
+    ("Q4_K_M", Placement(99, 512, "q8_0", "q8_0", True, (0,))),
 ]
 
 
@@ -106,15 +112,19 @@ DEFAULT_CASES = [
     ("Q4_K_M", Placement(99, 4096, "q4_0", "q4_0", True, ())),
     ("Q3_K_M", Placement(99, 4096, "q8_0", "q8_0", True, (1, 2))),
     ("F16", Placement(2, 2048, "f16", "f16", False, (3,))),
+    ("Q3_K_M", Placement(2, 4096, "q4_0", "q4_0", True, (), 512, 256)),
+    ("F16", Placement(2, 1024, "f16", "f16", True, (1,))),
 ]
 
 
-@pytest.mark.parametrize("qtype,placement", CASES, ids=["full", "experts-cpu", "partial-fa", "partial+experts"])
+@pytest.mark.parametrize("qtype,placement", CASES, ids=["full", "experts-cpu", "partial-fa", "partial+experts",
+                                                         "output-only", "output-only-fa-q8_0", "experts-cpu-fa-q8_0"])
 def test_predictions_match_llama_cpp(tiny_gguf, rpc_endpoint, qtype, placement):
     check_predictions(tiny_gguf[qtype], placement, rpc_endpoint)
 
 
-@pytest.mark.parametrize("qtype,placement", DEFAULT_CASES, ids=["full-fa-q4_0", "experts-cpu-q8_0", "partial-f16"])
+@pytest.mark.parametrize("qtype,placement", DEFAULT_CASES, ids=["full-fa-q4_0", "experts-cpu-q8_0", "partial-f16",
+                                                                 "partial-fa-q4_0-ub256", "partial+experts-fa"])
 def test_predictions_match_llama_cpp_on_the_default_model(default_gguf, rpc_endpoint, qtype, placement):
     check_predictions(default_gguf[qtype], placement, rpc_endpoint)
 

@@ -174,8 +174,10 @@ def write_ollama_env(dest: Path, text: str) -> None:
 
 def _predicted(c: Candidate) -> dict:
     pred = c.prediction
-    predicted = {"host": {"model": pred.host.model, "kv": pred.host.kv, "compute": pred.host.compute,
-                          "output": pred.host.output, "total": pred.host.total}}
+    # host "model" is what stays resident (the pages of the tensors the CPU uses, the repacked copies);
+    # "logged_model" is what llama.cpp's load log reports (the mapped span of the file + CPU_REPACK)
+    predicted = {"host": {"model": pred.host.model, "logged_model": pred.host.logged_model, "kv": pred.host.kv,
+                          "compute": pred.host.compute, "output": pred.host.output, "total": pred.host.total}}
     for name, u in pred.devices.items():
         predicted[name] = {"model": u.model, "kv": u.kv, "compute": u.compute, "total": u.total}
     return predicted

@@ -10,13 +10,18 @@ buffer, at the start of the split; the source is kept until then.
 
 `Graph` records the nodes a model graph builds (sizes, sources, views, in-place candidates, backend);
 `compute_buffers` runs the scheduler's copies and the allocator over it and returns each backend's buffer size.
-A family's graph builder (e.g. `metis_graph`) mirrors its `src/models/*.cpp` and the llm_graph_context helpers it
-calls (build_attn, build_moe_ffn, build_ffn), node by node.
+`moe_decoder_graph` mirrors the `src/models/*.cpp` of llama-style MoE decoders (metis, llama's MoE, olmoe) and
+the llm_graph_context helpers they call (build_norm, build_qkv, build_attn, build_moe_ffn), node by node; an
+architecture's differences are a `MoeBlock` row in `MOE_BLOCKS`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import gguf
+
+from ..families.hf_moe import tensor_name
 
 INPLACE = "inplace"  # an op ggml may compute into its parent's memory (ADD, MUL, DIV, SQR, UNARY, ROPE, RMS_NORM, ...)
 OP = "op"  # any other op: always gets memory of its own
@@ -25,6 +30,8 @@ INPUT = "input"  # a graph input set by llama.cpp (tokens, positions, KQ mask, r
 WEIGHT = "weight"  # a tensor in a model/KV buffer: not the allocator's
 SET = "set"  # an op that writes into a view of a cache (ggml_set_rows): scheduled like an op, no memory of its own
 DEP = "dep"  # the scheduler's placeholder that keeps a copied tensor until its copy is made (no memory)
+
+EXP = gguf.MODEL_TENSOR
 
 
 @dataclass(slots=True)
@@ -249,8 +256,22 @@ def compute_buffers(g: Graph, alignment: dict[str, int], n_copies: int = 1) -> d
     return {b: a.max_size for b, a in allocs.items()}
 
 
-def metis_graph(shape, p, where: dict[int, str], experts_on_cpu: set[int], weight_bytes: dict[str, int]) -> Graph:
-    """The graph llama.cpp's `metis` model (patches/llama.cpp/metis.patch) builds for one micro-batch of
+@dataclass(frozen=True)
+class MoeBlock:
+    """How an architecture's MoE block calls llm_graph_context::build_moe_ffn, and what surrounds it."""
+
+    gating: str  # "softmax" (ggml_soft_max, in place) or "sigmoid" (a unary op, in place)
+    norm_w: bool  # the top-k weights divided by their sum (sum_rows, clamp, div)
+    gated: bool  # SiLU-gated experts: gate and up matmuls, then ggml_swiglu_split (a GLU op: memory of its own)
+    selection_bias: bool = False  # exp_probs_b added to the scores for selection only
+    qk_norm: bool = False  # RMS norms with weights on the full-width Q and K before RoPE (OLMoE)
+    latent: bool = False  # the routed experts work in moe_latent_size, between ffn_latent_down / _up
+    shared_relu_sqr: bool = False  # an ungated ReLU² shared expert of width n_ff_shexp beside the routed ones
+
+
+def moe_decoder_graph(shape, p, where: dict[int, str], experts_on_cpu: set[int], weight_bytes: dict[str, int],
+                      moe: MoeBlock) -> Graph:
+    """The graph a llama-style MoE decoder (llama's attention, build_moe_ffn) builds for one micro-batch of
     ub = min(n_ubatch, n_batch, n_ctx) tokens with every token an output, as the worst-case reserve does.
 
     `where` maps layer il (n_layer: the output layer) to its backend; the routed experts of the layers in
@@ -291,6 +312,12 @@ def metis_graph(shape, p, where: dict[int, str], experts_on_cpu: set[int], weigh
         cur = g.add(name + " (rot)", OP, size, [rot, g.add(name + " (2d)", VIEW, 0, [cur], None)], None, f32(size))
         return g.add(name + " (rotated)", VIEW, 0, [cur], None)
 
+    def qk_normed(name: str, cur: int, nb: str | None, b: str, width: int) -> int:  # build_norm on Q or K
+        if not moe.qk_norm:
+            return cur
+        cur = g.add(f"{name} (norm)", INPLACE, width * T * 4, [cur], nb, f32(width, T))
+        return g.add(f"{name}_normed", INPLACE, width * T * 4, [cur], b, f32(width, T))
+
     def weight(name: str, backend: str) -> int:
         return g.add(name, WEIGHT, weight_bytes.get(name, 0), [], backend)
 
@@ -305,12 +332,14 @@ def metis_graph(shape, p, where: dict[int, str], experts_on_cpu: set[int], weigh
         n = g.add(f"norm-{il}", INPLACE, D * T * 4, [x], nb, f32(D, T))
         n = g.add(f"attn_norm-{il}", INPLACE, D * T * 4, [n], b, f32(D, T))
         q = g.add(f"Qcur-{il}", OP, H * dk * T * 4, [n], b, f32(H * dk, T))
+        q = qk_normed(f"Qcur-{il}", q, nb, b, H * dk)
         q = g.add(f"Qcur-{il} (reshaped)", VIEW, 0, [q], b)
         q = g.add(f"Qcur-{il} (rope)", INPLACE, H * dk * T * 4, [q, pos], None, f32(dk, H, T))
         q = rotated(f"Qcur-{il}", q, rot_k, H * dk * T * 4)
         v = g.add(f"Vcur-{il}", OP, Hk * dv * T * 4, [n], b, f32(Hk * dv, T))
         v = rotated(f"Vcur-{il}", v, rot_v, Hk * dv * T * 4)
         k = g.add(f"Kcur-{il}", OP, Hk * dk * T * 4, [n], b, f32(Hk * dk, T))
+        k = qk_normed(f"Kcur-{il}", k, nb, b, Hk * dk)
         k = g.add(f"Kcur-{il} (reshaped)", VIEW, 0, [k], b)
         k = g.add(f"Kcur-{il} (rope)", INPLACE, Hk * dk * T * 4, [k, pos], None, f32(dk, Hk, T))
         k = rotated(f"Kcur-{il}", k, rot_k, Hk * dk * T * 4)
@@ -336,31 +365,41 @@ def metis_graph(shape, p, where: dict[int, str], experts_on_cpu: set[int], weigh
         ffn_inp = g.add(f"ffn_inp-{il}", INPLACE, D * T * 4, [a, x], None, f32(D, T))
         n = g.add(f"norm2-{il}", INPLACE, D * T * 4, [ffn_inp], nb, f32(D, T))
         n = g.add(f"ffn_norm-{il}", INPLACE, D * T * 4, [n], b, f32(D, T))
-        # router: sigmoid scores, biased for selection only, normalised top-k weights (build_moe_ffn)
+        # router (build_moe_ffn): softmax or sigmoid scores (in place), a selection bias on a copy, top-k,
+        # the chosen experts' weights, normalised to sum 1 where the architecture asks
         r = g.add(f"ffn_moe_logits-{il}", OP, N * T * 4, [n], b, f32(N, T))
         probs = g.add(f"ffn_moe_probs-{il}", INPLACE, N * T * 4, [r], None, f32(N, T))
-        sel = g.add(f"ffn_moe_probs_biased-{il}", INPLACE, N * T * 4, [probs], b, f32(N, T))
+        sel = g.add(f"ffn_moe_probs_biased-{il}", INPLACE, N * T * 4, [probs], b, f32(N, T)) \
+            if moe.selection_bias else probs
         order = g.add(f"ffn_moe_argsort-{il}", OP, N * T * 4, [sel], None, ("i32", N, T))
         topk = g.add(f"ffn_moe_topk-{il}", VIEW, K * T * 4, [order], b)
         w = g.add(f"ffn_moe_weights-{il}", OP, K * T * 4, [g.add("probs (reshaped)", VIEW, 0, [probs], b), topk],
                   None, f32(1, K, T))
-        w = g.add(f"ffn_moe_weights-{il} (reshaped)", VIEW, 0, [w], b)
-        s = g.add(f"ffn_moe_weights_sum-{il}", OP, T * 4, [w], None, f32(1, T))
-        s = g.add(f"ffn_moe_weights_sum_clamped-{il}", INPLACE, T * 4, [s], None, f32(1, T))
-        w = g.add(f"ffn_moe_weights_norm-{il}", INPLACE, K * T * 4, [w, s], None, f32(K, T))
-        w = g.add(f"ffn_moe_weights_norm-{il} (reshaped)", VIEW, 0, [w], b)
-        lat = g.add(f"ffn_latent_down-{il}", OP, Lt * T * 4, [n], b, f32(Lt, T)) if shape.moe_latent else n
+        if moe.norm_w:
+            w = g.add(f"ffn_moe_weights-{il} (reshaped)", VIEW, 0, [w], b)
+            s = g.add(f"ffn_moe_weights_sum-{il}", OP, T * 4, [w], None, f32(1, T))
+            s = g.add(f"ffn_moe_weights_sum_clamped-{il}", INPLACE, T * 4, [s], None, f32(1, T))
+            w = g.add(f"ffn_moe_weights_norm-{il}", INPLACE, K * T * 4, [w, s], None, f32(K, T))
+            w = g.add(f"ffn_moe_weights_norm-{il} (reshaped)", VIEW, 0, [w], b)
+        lat = g.add(f"ffn_latent_down-{il}", OP, Lt * T * 4, [n], b, f32(Lt, T)) if moe.latent else n
         lat = g.add(f"ffn_latent_down-{il} (reshaped)", VIEW, 0, [lat], b)
         eb = "CPU" if il in experts_on_cpu else b
-        ups, downs = [], []
-        if eb != b and f"blk.{il}.ffn_up_exps.weight" in weight_bytes:
+        ups, gates, downs = [], [], []
+        up_w, gate_w, down_w = (tensor_name(t, il) for t in (EXP.FFN_UP_EXP, EXP.FFN_GATE_EXP, EXP.FFN_DOWN_EXP))
+        if eb != b and up_w in weight_bytes:
             # a GPU takes the batch over from CPU-resident experts: their weights are copied to it
             eb = b
-            ups = [weight(f"blk.{il}.ffn_up_exps.weight", "CPU")]
-            downs = [weight(f"blk.{il}.ffn_down_exps.weight", "CPU")]
-        e = g.add(f"ffn_moe_up-{il}", OP, F * K * T * 4, ups + [lat, topk], eb, f32(F, K, T))
-        e = g.add(f"ffn_moe_relu-{il}", INPLACE, F * K * T * 4, [e], None, f32(F, K, T))
-        e = g.add(f"ffn_moe_relu_sqr-{il}", INPLACE, F * K * T * 4, [e], None, f32(F, K, T))
+            ups = [weight(up_w, "CPU")]
+            gates = [weight(gate_w, "CPU")] if moe.gated else []
+            downs = [weight(down_w, "CPU")]
+        if moe.gated:  # ggml_swiglu_split(gate, up): the graph reaches the gate matmul first
+            e = g.add(f"ffn_moe_gate-{il}", OP, F * K * T * 4, gates + [lat, topk], eb, f32(F, K, T))
+            u = g.add(f"ffn_moe_up-{il}", OP, F * K * T * 4, ups + [lat, topk], eb, f32(F, K, T))
+            e = g.add(f"ffn_moe_swiglu-{il}", OP, F * K * T * 4, [e, u], None, f32(F, K, T))
+        else:  # ReLU²
+            e = g.add(f"ffn_moe_up-{il}", OP, F * K * T * 4, ups + [lat, topk], eb, f32(F, K, T))
+            e = g.add(f"ffn_moe_relu-{il}", INPLACE, F * K * T * 4, [e], None, f32(F, K, T))
+            e = g.add(f"ffn_moe_relu_sqr-{il}", INPLACE, F * K * T * 4, [e], None, f32(F, K, T))
         e = g.add(f"ffn_moe_down-{il}", OP, Lt * K * T * 4, downs + [e, topk], eb, f32(Lt, K, T))
         e = g.add(f"ffn_moe_weighted-{il}", INPLACE, Lt * K * T * 4, [e, w], None, f32(Lt, K, T))
         views = [g.add(f"ffn_moe_weighted-{il} ({i})", VIEW, 0, [e], b) for i in range(K)]
@@ -368,14 +407,15 @@ def metis_graph(shape, p, where: dict[int, str], experts_on_cpu: set[int], weigh
             g.add(f"ffn_moe_out-{il}", OP, Lt * T * 4, views, None, f32(Lt, T))
         for vi in views[2:]:
             m = g.add(f"ffn_moe_out-{il}", INPLACE, Lt * T * 4, [m, vi], None, f32(Lt, T))
-        if shape.moe_latent:
+        if moe.latent:
             m = g.add(f"ffn_latent_up-{il}", OP, D * T * 4, [m], b, f32(D, T))
-        sh = g.add(f"ffn_up_shexp-{il}", OP, Fs * T * 4, [n], b, f32(Fs, T))
-        sh = g.add(f"ffn_relu_shexp-{il}", INPLACE, Fs * T * 4, [sh], None, f32(Fs, T))
-        sh = g.add(f"ffn_sqr_shexp-{il}", INPLACE, Fs * T * 4, [sh], None, f32(Fs, T))
-        sh = g.add(f"ffn_shexp-{il}", OP, D * T * 4, [sh], b, f32(D, T))
-        o = g.add(f"ffn_out-{il}", INPLACE, D * T * 4, [m, sh], None, f32(D, T))
-        x = g.add(f"l_out-{il}", INPLACE, D * T * 4, [o, ffn_inp], None, f32(D, T))
+        if moe.shared_relu_sqr:
+            sh = g.add(f"ffn_up_shexp-{il}", OP, Fs * T * 4, [n], b, f32(Fs, T))
+            sh = g.add(f"ffn_relu_shexp-{il}", INPLACE, Fs * T * 4, [sh], None, f32(Fs, T))
+            sh = g.add(f"ffn_sqr_shexp-{il}", INPLACE, Fs * T * 4, [sh], None, f32(Fs, T))
+            sh = g.add(f"ffn_shexp-{il}", OP, D * T * 4, [sh], b, f32(D, T))
+            m = g.add(f"ffn_out-{il}", INPLACE, D * T * 4, [m, sh], None, f32(D, T))
+        x = g.add(f"l_out-{il}", INPLACE, D * T * 4, [m, ffn_inp], None, f32(D, T))
     b = where[shape.n_layer]
     n = g.add("norm", INPLACE, D * T * 4, [x], None, f32(D, T))
     n = g.add("result_norm", INPLACE, D * T * 4, [n], b, f32(D, T), output=True)
@@ -383,6 +423,21 @@ def metis_graph(shape, p, where: dict[int, str], experts_on_cpu: set[int], weigh
     return g
 
 
-# the architectures whose compute buffers come from their graph (the others from memory.compute_bytes' phases):
-# a new family's graph builder, mirroring its src/models/*.cpp, is added here
-GRAPH_BUILDERS = {"metis": metis_graph}
+# the MoE blocks of the architectures whose compute buffers come from their graph (src/models/<arch>.cpp): the
+# others (and dense models) from memory.compute_bytes' phases; a new architecture's row is added here
+MOE_BLOCKS = {
+    # nemotron_h_moe's block: sigmoid scores with a selection bias, ReLU² experts in a latent, a shared expert
+    "metis": MoeBlock("sigmoid", norm_w=True, gated=False, selection_bias=True, latent=True, shared_relu_sqr=True),
+    # Mixtral-style MoE in llama.cpp's llama graph
+    "llama": MoeBlock("softmax", norm_w=True, gated=True),
+    "olmoe": MoeBlock("softmax", norm_w=False, gated=True, qk_norm=True),
+}
+
+
+def graph_for(shape, p, where: dict[int, str], experts_on_cpu: set[int], weight_bytes: dict[str, int]
+              ) -> Graph | None:
+    """The graph of `shape`'s architecture, or None where it is not modelled node by node."""
+    moe = MOE_BLOCKS.get(shape.arch)
+    if moe is None or not shape.n_expert or (moe.shared_relu_sqr and not shape.n_ff_shexp):
+        return None
+    return moe_decoder_graph(shape, p, where, experts_on_cpu, weight_bytes, moe)

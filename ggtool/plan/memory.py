@@ -11,8 +11,9 @@ no weights are read. The rules follow the vendored llama.cpp and are checked aga
 - KV cache: kv_size = pad(n_ctx, 256) cells, per layer row_size(type_k, n_embd_k_gqa) + row_size(type_v,
   n_embd_v_gqa), on the device of its layer (offload_kqv on).
 - output buffer: n_vocab * n_seq_max * 4 bytes on the host.
-- compute buffers: see `compute_bytes`; for the metis graph, the allocator's peak over the graph itself
-  (`galloc.py`: the graph node by node, the scheduler's splits and copies, ggml-alloc's best-fit reuse).
+- compute buffers: for the MoE graphs galloc.py models (metis, llama-style MoE, olmoe), the allocator's peak
+  over the graph itself (the graph node by node, the scheduler's splits and copies, ggml-alloc's best-fit
+  reuse); for the others, `compute_bytes`.
 """
 
 from __future__ import annotations
@@ -467,17 +468,16 @@ def predict(shape: ModelShape, p: Placement, devices: list[Device]) -> Predictio
     first_dev = where.get(max(ngl_start, 0))
     pipeline = (len(devices) > 1 and p.n_gpu_layers > shape.n_layer and not p.cpu_expert_layers
                 and all(d.kind in ("gpu", "rpc") for d in devices))  # llama_context's conditions
-    build_graph = galloc.GRAPH_BUILDERS.get(shape.arch)
-    if build_graph is not None:
+    ub = min(p.n_ubatch, p.n_batch, p.n_ctx)
+    offloaded = {}  # CPU-resident expert weights a GPU computes with for a batch (copied into its buffer)
+    for t in shape.tensors:
+        il = t.layer
+        if (t.is_expert and il in p.cpu_expert_layers and where[il] != "CPU" and ub >= 32
+                and dev_by_name[where[il]].kind == "gpu"):
+            offloaded[t.name] = t.n_bytes
+    g = galloc.graph_for(shape, p, where, set(p.cpu_expert_layers), offloaded)
+    if g is not None:
         # a graph modelled node by node: the allocator's peak per backend (galloc.py)
-        ub = min(p.n_ubatch, p.n_batch, p.n_ctx)
-        offloaded = {}  # CPU-resident expert weights a GPU computes with for a batch (copied into its buffer)
-        for t in shape.tensors:
-            il = t.layer
-            if (t.is_expert and il in p.cpu_expert_layers and where[il] != "CPU" and ub >= 32
-                    and dev_by_name[where[il]].kind == "gpu"):
-                offloaded[t.name] = t.n_bytes
-        g = build_graph(shape, p, where, set(p.cpu_expert_layers), offloaded)
         sizes = galloc.compute_buffers(g, {"CPU": CPU_ALIGN, **{d.name: d.align for d in devices}},
                                        SCHED_MAX_COPIES if pipeline else 1)
         for d in devices:
