@@ -4,14 +4,14 @@ PY := $(VENV)/bin/python
 # RPC lets the planner's tests use a loopback second device on machines without a GPU
 export CMAKE_ARGS ?= -DGGML_RPC=on
 
-.PHONY: install test demo bench fuzz clean llama-src template-engines
+.PHONY: install test demo bench fuzz clean llama-src template-engines reference-tools
 
 # test harnesses: llama.cpp's own argument parser (the Ollama server environment test) and LM Studio's
 # model.yaml schema (npm @lmstudio/lms-shared-types, pinned by its package-lock.json)
 LLAMA_ARGS := build/llama_args/llama-args
 LMSTUDIO_NODE := tests/node/lmstudio/node_modules/.package-lock.json
 
-install: $(VENV)/.installed llama-src template-engines $(LLAMA_ARGS) $(LMSTUDIO_NODE)
+install: $(VENV)/.installed llama-src template-engines $(LLAMA_ARGS) $(LMSTUDIO_NODE) reference-tools
 
 # the llama.cpp source the pinned llama-cpp-python vendors (tokenizer test vectors, templates, common/jinja):
 # fetched once with pip into ~/.cache/ggtool (or $$GGTOOL_LLAMA_SRC)
@@ -35,6 +35,12 @@ $(VENV)/.installed: pyproject.toml ggtool/llama/build.py $(wildcard patches/llam
 
 $(LLAMA_ARGS): tests/llama_args/main.cpp tests/llama_args/stubs.cpp tests/llama_args/build.sh $(VENV)/.installed | llama-src
 	nice tests/llama_args/build.sh $(PY) $@
+
+# llama.cpp's own llama-quantize and llama-imatrix, built from the same vendored source (stock, as llama.cpp ships
+# them) into ~/.cache/ggtool-bench: tests/test_quantize.py checks ggtool's files byte for byte against theirs
+# (~8 min once on 2 cores; `make bench` adds the other programs to the same build)
+reference-tools: $(VENV)/.installed llama-src
+	nice $(PY) bench/reference.py --targets llama-quantize llama-imatrix >/dev/null
 
 $(LMSTUDIO_NODE): tests/node/lmstudio/package.json tests/node/lmstudio/package-lock.json
 	cd tests/node/lmstudio && npm ci --no-audit --no-fund --loglevel=error

@@ -1,6 +1,9 @@
 """Builds llama.cpp's own tools from the exact source the pinned llama-cpp-python vendors, cached outside the repo.
 
-Usage: python bench/reference.py [--jobs N]   (prints the cache folder; a second call is instant)
+Usage: python bench/reference.py [--jobs N] [--targets T ...]   (prints the cache folder; a second call is instant)
+
+`make install` builds the two programs the test suite compares ggtool with (llama-quantize, llama-imatrix);
+`make bench` the rest, in the same build folder (cmake builds only what is missing).
 
 The sdist of the pinned llama-cpp-python (`pip download --no-binary :all:`) carries vendor/llama.cpp, so the
 reference programs and the library ggtool calls through ctypes are the same llama.cpp commit. The build is a
@@ -65,8 +68,9 @@ def cmake() -> str:
     return str(Path(sys.executable).parent / "cmake")
 
 
-def build(ref: Reference, jobs: int) -> None:
-    """cmake configure + build of the tool targets; the binaries are copied into ref.bin when all succeeded."""
+def build(ref: Reference, jobs: int, targets: tuple[str, ...] = TARGETS) -> None:
+    """cmake configure + build of the tool targets; each binary is copied into ref.bin when the build succeeded
+    (beside its final name, then renamed: a tool in ref.bin is always complete)."""
     build_dir = ref.root / "build"
     cm = cmake()
     subprocess.run([cm, "-S", str(ref.src), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
@@ -77,21 +81,30 @@ def build(ref: Reference, jobs: int) -> None:
     # cmake knows which targets exist (llama-cli needs the server option here); build those it lists
     help_out = subprocess.run([cm, "--build", str(build_dir), "--target", "help"],
                               capture_output=True, text=True).stdout
-    known = [t for t in TARGETS if re.search(rf"^\.\.\. {re.escape(t)}$", help_out, flags=re.M)]
-    subprocess.run([cm, "--build", str(build_dir), "--config", "Release", "-j", str(jobs), "--target", *known],
-                   check=True)
-    staging = ref.bin.with_name("bin.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    known = [t for t in targets if re.search(rf"^\.\.\. {re.escape(t)}$", help_out, flags=re.M)]
+    if known:
+        subprocess.run([cm, "--build", str(build_dir), "--config", "Release", "-j", str(jobs), "--target", *known],
+                       check=True)
+    ref.bin.mkdir(parents=True, exist_ok=True)
     for t in known:
         exe = build_dir / "bin" / t
         if exe.exists():
-            shutil.copy2(exe, staging / t)
-    staging.rename(ref.bin)
+            partial = ref.bin / f".{t}.partial"
+            shutil.copy2(exe, partial)
+            partial.rename(ref.bin / t)
+    # the targets this llama.cpp does not have, so that a later call does not configure again for them
+    gone = absent(ref) | {t for t in targets if t not in known}
+    (ref.root / "absent.txt").write_text("".join(f"{t}\n" for t in sorted(gone)))
 
 
-def ensure(jobs: int = 2) -> Reference:
-    """The cached reference build, fetching and building it first if missing."""
+def absent(ref: Reference) -> set[str]:
+    """Targets an earlier build found missing from this llama.cpp (llama-cli needs the server option here)."""
+    p = ref.root / "absent.txt"
+    return set(p.read_text().split()) if p.exists() else set()
+
+
+def ensure(jobs: int = 2, targets: tuple[str, ...] = TARGETS) -> Reference:
+    """The cached reference build of `targets`, fetching and building what is missing first."""
     version = source.pinned_version()
     root = cache_root(version)
     root.mkdir(parents=True, exist_ok=True)
@@ -100,17 +113,20 @@ def ensure(jobs: int = 2) -> Reference:
         print(f"fetching llama-cpp-python {version} sdist ...", file=sys.stderr)
         src = source.source_dir(download=True)
     ref = Reference(version, root, src, root / "bin")
-    if not ref.bin.exists():
-        print(f"building llama.cpp tools in {root / 'build'} (-j{jobs}; takes a while once) ...", file=sys.stderr)
-        build(ref, jobs)
+    missing = tuple(t for t in targets if ref.tool(t) is None and t not in absent(ref))
+    if missing:
+        print(f"building {', '.join(missing)} in {root / 'build'} (-j{jobs}; takes a while once) ...", file=sys.stderr)
+        build(ref, jobs, missing)
     return ref
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS, metavar="TARGET",
+                    help="programs to build (default: all of them)")
     args = ap.parse_args()
-    ref = ensure(args.jobs)
+    ref = ensure(args.jobs, tuple(args.targets))
     print(ref.root)
     for t in sorted(p.name for p in ref.bin.iterdir()):
         print(" ", t)

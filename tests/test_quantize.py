@@ -141,7 +141,7 @@ def llama_cpp_tool(name: str) -> Path | None:
 
 
 @pytest.mark.skipif(not (llama_cpp_tool("llama-imatrix") and llama_cpp_tool("llama-quantize")),
-                    reason="no reference llama.cpp build (bench/reference.py builds one)")
+                    reason="no reference llama-quantize / llama-imatrix (make install builds them)")
 def test_agrees_with_llama_imatrix_and_llama_quantize(olmoe_gguf, tmp_path):
     import subprocess
 
