@@ -18,6 +18,8 @@ from ggtool.templates import render_chat
 from ggtool.verify import SAMPLE_TEXT
 from tests.conftest import run_cli
 
+from .test_plan import rpc_endpoint  # noqa: F401 (a fixture: the loopback RPC device)
+
 N_TOKENS = 80
 TINY = dict(layers=3, d_model=128, heads=4, kv_heads=2, head_dim=32, experts=4, d_ff=64, d_ff_shared=64)
 
@@ -189,3 +191,19 @@ def test_bad_input_is_refused_with_one_message(case, tokenizer, tmp_path):
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and needle in " ".join(r.stderr.split()), r.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("case", range(5), ids=["full", "full-fa-q8_0+experts-cpu", "partial-fa-q4_0-ub256",
+                                                "output-only-fa-q8_0", "partial+experts-fa"])
+def test_planner_matches_llama_cpp(case, f32_gguf, rpc_endpoint):
+    """The deepseek graph SSMoELM converts to (softmax routing, SiLU-gated experts and shared expert): every
+    buffer llama.cpp logs, on a loopback RPC device and on the host, within 5% of the planner's prediction,
+    including flash attention with a quantized (Hadamard-rotated) cache and layers left on the host."""
+    from ggtool.plan.memory import Placement
+
+    from .test_plan import check_predictions
+
+    placement = [Placement(99, 512, "f16", "f16", False, ()), Placement(99, 4096, "q8_0", "q8_0", True, (1,)),
+                 Placement(2, 4096, "q4_0", "q4_0", True, (), 512, 256), Placement(1, 512, "q8_0", "q8_0", True, ()),
+                 Placement(2, 1024, "f16", "f16", True, (1,))][case]
+    check_predictions(f32_gguf, placement, rpc_endpoint)

@@ -10,9 +10,9 @@ buffer, at the start of the split; the source is kept until then.
 
 `Graph` records the nodes a model graph builds (sizes, sources, views, in-place candidates, backend);
 `compute_buffers` runs the scheduler's copies and the allocator over it and returns each backend's buffer size.
-`moe_decoder_graph` mirrors the `src/models/*.cpp` of llama-style MoE decoders (metis, llama's MoE, olmoe) and
-the llm_graph_context helpers they call (build_norm, build_qkv, build_attn, build_moe_ffn), node by node; an
-architecture's differences are a `MoeBlock` row in `MOE_BLOCKS`.
+`moe_decoder_graph` mirrors the `src/models/*.cpp` of llama-style MoE decoders (olmoe, llama's MoE, deepseek,
+metis) and the llm_graph_context helpers they call (build_norm, build_qkv, build_attn, build_moe_ffn, build_ffn),
+node by node; an architecture's differences are a `MoeBlock` row in `MOE_BLOCKS`.
 """
 
 from __future__ import annotations
@@ -266,7 +266,8 @@ class MoeBlock:
     selection_bias: bool = False  # exp_probs_b added to the scores for selection only
     qk_norm: bool = False  # RMS norms with weights on the full-width Q and K before RoPE (OLMoE)
     latent: bool = False  # the routed experts work in moe_latent_size, between ffn_latent_down / _up
-    shared_relu_sqr: bool = False  # an ungated ReLU² shared expert of width n_ff_shexp beside the routed ones
+    shared: str = ""  # a shared expert of width n_ff_shexp beside the routed ones: "relu_sqr" (ungated, ReLU²) or
+    # "swiglu" (build_ffn with a parallel SiLU gate)
 
 
 def moe_decoder_graph(shape, p, where: dict[int, str], experts_on_cpu: set[int], weight_bytes: dict[str, int],
@@ -409,10 +410,15 @@ def moe_decoder_graph(shape, p, where: dict[int, str], experts_on_cpu: set[int],
             m = g.add(f"ffn_moe_out-{il}", INPLACE, Lt * T * 4, [m, vi], None, f32(Lt, T))
         if moe.latent:
             m = g.add(f"ffn_latent_up-{il}", OP, D * T * 4, [m], b, f32(D, T))
-        if moe.shared_relu_sqr:
-            sh = g.add(f"ffn_up_shexp-{il}", OP, Fs * T * 4, [n], b, f32(Fs, T))
-            sh = g.add(f"ffn_relu_shexp-{il}", INPLACE, Fs * T * 4, [sh], None, f32(Fs, T))
-            sh = g.add(f"ffn_sqr_shexp-{il}", INPLACE, Fs * T * 4, [sh], None, f32(Fs, T))
+        if moe.shared:
+            if moe.shared == "swiglu":  # ggml_swiglu_split(gate, up): the gate matmul comes first
+                sg = g.add(f"ffn_gate_shexp-{il}", OP, Fs * T * 4, [n], b, f32(Fs, T))
+                su = g.add(f"ffn_up_shexp-{il}", OP, Fs * T * 4, [n], b, f32(Fs, T))
+                sh = g.add(f"ffn_swiglu_shexp-{il}", OP, Fs * T * 4, [sg, su], None, f32(Fs, T))
+            else:
+                sh = g.add(f"ffn_up_shexp-{il}", OP, Fs * T * 4, [n], b, f32(Fs, T))
+                sh = g.add(f"ffn_relu_shexp-{il}", INPLACE, Fs * T * 4, [sh], None, f32(Fs, T))
+                sh = g.add(f"ffn_sqr_shexp-{il}", INPLACE, Fs * T * 4, [sh], None, f32(Fs, T))
             sh = g.add(f"ffn_shexp-{il}", OP, D * T * 4, [sh], b, f32(D, T))
             m = g.add(f"ffn_out-{il}", INPLACE, D * T * 4, [m, sh], None, f32(D, T))
         x = g.add(f"l_out-{il}", INPLACE, D * T * 4, [m, ffn_inp], None, f32(D, T))
@@ -427,10 +433,12 @@ def moe_decoder_graph(shape, p, where: dict[int, str], experts_on_cpu: set[int],
 # others (and dense models) from memory.compute_bytes' phases; a new architecture's row is added here
 MOE_BLOCKS = {
     # nemotron_h_moe's block: sigmoid scores with a selection bias, ReLU² experts in a latent, a shared expert
-    "metis": MoeBlock("sigmoid", norm_w=True, gated=False, selection_bias=True, latent=True, shared_relu_sqr=True),
+    "metis": MoeBlock("sigmoid", norm_w=True, gated=False, selection_bias=True, latent=True, shared="relu_sqr"),
     # Mixtral-style MoE in llama.cpp's llama graph
     "llama": MoeBlock("softmax", norm_w=True, gated=True),
     "olmoe": MoeBlock("softmax", norm_w=False, gated=True, qk_norm=True),
+    # DeepSeek-MoE (v1) as SSMoELM converts it: softmax top-k, not renormalised, and a SiLU-gated shared expert
+    "deepseek": MoeBlock("softmax", norm_w=False, gated=True, shared="swiglu"),
 }
 
 
@@ -438,6 +446,8 @@ def graph_for(shape, p, where: dict[int, str], experts_on_cpu: set[int], weight_
               ) -> Graph | None:
     """The graph of `shape`'s architecture, or None where it is not modelled node by node."""
     moe = MOE_BLOCKS.get(shape.arch)
-    if moe is None or not shape.n_expert or (moe.shared_relu_sqr and not shape.n_ff_shexp):
+    if moe is None or not shape.n_expert or (moe.shared and not shape.n_ff_shexp):
         return None
+    if {t.layer for t in shape.tensors if t.is_expert} != set(range(shape.n_layer)):
+        return None  # dense layers (a leading dense block, a dense model) are not modelled here
     return moe_decoder_graph(shape, p, where, experts_on_cpu, weight_bytes, moe)

@@ -11,9 +11,9 @@ no weights are read. The rules follow the vendored llama.cpp and are checked aga
 - KV cache: kv_size = pad(n_ctx, 256) cells, per layer row_size(type_k, n_embd_k_gqa) + row_size(type_v,
   n_embd_v_gqa), on the device of its layer (offload_kqv on).
 - output buffer: n_vocab * n_seq_max * 4 bytes on the host.
-- compute buffers: for the MoE graphs galloc.py models (metis, llama-style MoE, olmoe), the allocator's peak
-  over the graph itself (the graph node by node, the scheduler's splits and copies, ggml-alloc's best-fit
-  reuse); for the others, `compute_bytes`.
+- compute buffers: for the MoE graphs galloc.py models (olmoe, llama-style MoE, deepseek, metis), the
+  allocator's peak over the graph itself (the graph node by node, the scheduler's splits and copies, ggml-alloc's
+  best-fit reuse); for the others, `compute_bytes`.
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ def read_gguf(path: Path) -> ModelShape:
         n_ff_exp = int(g("expert_feed_forward_length", g("feed_forward_length", 0)))
         n_ctx_train = int(g("context_length", 4096))
         latent = int(g("moe_latent_size", 0))
-        n_ff_shexp = int(g("expert_shared_feed_forward_length", 0))
+        # the shared experts' width: its own key, or (deepseek) expert_shared_count experts of the routed width
+        n_ff_shexp = int(g("expert_shared_feed_forward_length", n_ff_exp * int(g("expert_shared_count", 0))))
         ft = header.get("general.file_type")
     except (TypeError, ValueError, ZeroDivisionError) as e:  # keys missing or of the wrong type: one clear line
         raise GgtoolError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})",
