@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_plan import MIB, allocations, free_port, pct, wait_port
+from bench_plan import MIB, allocations, buffer_pairs, free_port, pct, wait_port
 from common import PY, REPO, Section, timed
 
 TITLE = "Mixed files: llama-completion loads and generates them; ggtool plan's buffers vs llama.cpp's"
@@ -81,19 +81,11 @@ def run(ctx) -> Section:  # noqa: ANN001 - ctx: run_all.Context
                                   ctx.threads, "--no-warmup", "-no-cnv", "-v"],
                                  ctx.logs / f"mix-{name}-load-{budget}.log")
                     alloc = allocations(real.output)
-                    pred = plan["predicted"]
-                    dev_pred = next((v for k, v in pred.items() if k != "host"), {})
                     comp = {}
-                    for side, p in (("device", dev_pred), ("host", pred["host"])):
-                        for key in ("model", "kv", "compute", "output"):
-                            if key not in p and key not in alloc[side]:
-                                continue
-                            # the log's host model buffer is the mapped span of the file: the plan's logged_model
-                            q = p.get("logged_model", 0) if side == "host" and key == "model" else p.get(key, 0)
-                            a = alloc[side].get(key, 0)
-                            comp[f"{side} {key}"] = {"predicted": q, "allocated": a, "within_5pct": within(q, a)}
-                            buf_rows.append(f"| {name} | {budget} MiB (ngl {plan['n_gpu_layers']}) | {side} {key} | "
-                                            f"{q / MIB:.2f} | {a / MIB:.2f} | {pct(q, a)} |")
+                    for side, key, q, a in buffer_pairs(plan, alloc):
+                        comp[f"{side} {key}"] = {"predicted": q, "allocated": a, "within_5pct": within(q, a)}
+                        buf_rows.append(f"| {name} | {budget} MiB (ngl {plan['n_gpu_layers']}) | {side} {key} | "
+                                        f"{q / MIB:.2f} | {a / MIB:.2f} | {pct(q, a)} |")
                     entry["budgets"][budget] = {"flags": plan["llama_cpp_flags"], "comparisons": comp,
                                                 "load_ok": True}  # timed() raises on a failed load
                     ctx.say(f"mix {name} {budget} MiB: {sum(c['within_5pct'] for c in comp.values())}/{len(comp)} "

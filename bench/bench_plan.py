@@ -58,6 +58,20 @@ def allocations(log: str) -> dict:
     return out
 
 
+def buffer_pairs(plan: dict, alloc: dict):
+    """(side, buffer, predicted, allocated) for every buffer the plan JSON predicts or llama.cpp's log shows: the
+    device (the plan's one device) and the host; the log's host model buffer is the mapped span of the file plus
+    the repacked copy, which the plan reports as `logged_model`."""
+    pred = plan["predicted"]
+    dev_pred = next((v for k, v in pred.items() if k != "host"), {})
+    for side, p in (("device", dev_pred), ("host", pred["host"])):
+        for key in ("model", "kv", "compute", "output"):
+            if key not in p and key not in alloc[side]:
+                continue
+            q = p.get("logged_model", 0) if side == "host" and key == "model" else p.get(key, 0)
+            yield side, key, q, alloc[side].get(key, 0)
+
+
 def fit_print(log: str) -> dict:
     """llama-fit-params --fit-print: lines "<device> model context compute" in MiB."""
     out = {}
@@ -136,18 +150,10 @@ def run(ctx) -> Section:  # noqa: ANN001 - ctx: run_all.Context
             alloc = allocations(real.output)
             est = fit_print(timed([fit, "-m", model, *flags, "--fit-print", "on"],
                                   ctx.logs / f"plan-{budget}-fit-print.log").output)
-            pred = plan["predicted"]
-            dev_pred = next((v for k, v in pred.items() if k != "host"), {})
             comparisons = {}
-            for side, p in (("device", dev_pred), ("host", pred["host"])):
-                for key in ("model", "kv", "compute", "output"):
-                    if key not in p and key not in alloc[side]:
-                        continue
-                    a = alloc[side].get(key, 0)
-                    e = est.get(side, {}).get({"kv": "context"}.get(key, key)) if key != "output" else None
-                    # the log's host model buffer is the mapped span of the file: the plan's logged_model
-                    q = p.get("logged_model", 0) if side == "host" and key == "model" else p.get(key, 0)
-                    comparisons[f"{side} {key}"] = {"predicted": q, "allocated": a, "fit_print": e}
+            for side, key, q, a in buffer_pairs(plan, alloc):
+                e = est.get(side, {}).get({"kv": "context"}.get(key, key)) if key != "output" else None
+                comparisons[f"{side} {key}"] = {"predicted": q, "allocated": a, "fit_print": e}
             # placement vs llama-fit-params for the same usable device memory and the plan's other settings
             usable = int(budget * (1 - plan.get("margin", 0.1)))
             keep = [f for f in flags if f not in ("--rpc",)]

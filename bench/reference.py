@@ -83,8 +83,13 @@ def build(ref: Reference, jobs: int, targets: tuple[str, ...] = TARGETS) -> None
                               capture_output=True, text=True).stdout
     known = [t for t in targets if re.search(rf"^\.\.\. {re.escape(t)}$", help_out, flags=re.M)]
     if known:
-        subprocess.run([cm, "--build", str(build_dir), "--config", "Release", "-j", str(jobs), "--target", *known],
-                       check=True)
+        log = ref.root / "build.log"  # the compiler's output (warnings included) goes here, not to the terminal
+        with open(log, "w") as out:
+            done = subprocess.run([cm, "--build", str(build_dir), "--config", "Release", "-j", str(jobs), "--target",
+                                   *known], stdout=out, stderr=subprocess.STDOUT)
+        if done.returncode:
+            sys.stderr.write("".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:]))
+            raise SystemExit(f"building {', '.join(known)} failed (exit {done.returncode}); the whole log: {log}")
     ref.bin.mkdir(parents=True, exist_ok=True)
     for t in known:
         exe = build_dir / "bin" / t
