@@ -38,7 +38,7 @@ $(LLAMA_ARGS): tests/llama_args/main.cpp tests/llama_args/stubs.cpp tests/llama_
 
 # llama.cpp's own llama-quantize and llama-imatrix, built from the same vendored source (stock, as llama.cpp ships
 # them) into ~/.cache/ggtool-bench: tests/test_quantize.py checks ggtool's files byte for byte against theirs
-# (~8 min once on 2 cores; `make bench` adds the other programs to the same build)
+# (~7 min once on 2 cores; `make bench` adds the other programs to the same build)
 reference-tools: $(VENV)/.installed llama-src
 	nice $(PY) bench/reference.py --targets llama-quantize llama-imatrix >/dev/null
 
