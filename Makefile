@@ -11,7 +11,7 @@ export CMAKE_ARGS ?= -DGGML_RPC=on
 LLAMA_ARGS := build/llama_args/llama-args
 LMSTUDIO_NODE := tests/node/lmstudio/node_modules/.package-lock.json
 
-install: $(VENV)/.installed llama-src template-engines $(LLAMA_ARGS) $(LMSTUDIO_NODE) reference-tools
+install: $(VENV)/.installed llama-src template-engines $(LLAMA_ARGS) $(LMSTUDIO_NODE)
 
 # the llama.cpp source the pinned llama-cpp-python vendors (tokenizer test vectors, templates, common/jinja):
 # fetched once with pip into ~/.cache/ggtool (or $$GGTOOL_LLAMA_SRC)
@@ -38,7 +38,8 @@ $(LLAMA_ARGS): tests/llama_args/main.cpp tests/llama_args/stubs.cpp tests/llama_
 
 # llama.cpp's own llama-quantize and llama-imatrix, built from the same vendored source (stock, as llama.cpp ships
 # them) into ~/.cache/ggtool-bench: tests/test_quantize.py checks ggtool's files byte for byte against theirs
-# (~7 min once on 2 cores; `make bench` adds the other programs to the same build)
+# (~7 min once on 2 cores, so `make test` builds them, not `make install`/`make demo`; `make bench` adds the other
+# programs to the same build)
 reference-tools: $(VENV)/.installed llama-src
 	nice $(PY) bench/reference.py --targets llama-quantize llama-imatrix >/dev/null
 
@@ -55,7 +56,7 @@ $(VENV_MIN)/.installed: $(VENV)/.installed pyproject.toml $(shell find ggtool -t
 	$(VENV_MIN)/bin/python -m pip install -q --upgrade-strategy only-if-needed "$$(cat $(VENV)/.llama-wheel)" .
 	touch $@
 
-test: install
+test: install reference-tools
 	$(VENV)/bin/pytest -q
 
 demo: install
